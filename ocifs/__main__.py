@@ -1,0 +1,3 @@
+from ocifs.cli import main
+
+raise SystemExit(main())

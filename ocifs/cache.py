@@ -1,0 +1,100 @@
+"""Chunks of committed objects in memory, shared by every open file of the mount.
+
+A chunk is ``chunk_size`` bytes of one object version, keyed by (key, etag, index): a new
+version of an object never hits an old chunk. The cache is bounded in bytes (cachetools LRU
+with ``getsizeof=len``). Concurrent requests for the same missing chunk share one GET.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import cachetools
+import trio
+
+log = logging.getLogger(__name__)
+
+ChunkKey = tuple[str, str, int]  # (object key, etag, chunk index)
+Fetch = Callable[[int, int], Awaitable[bytes]]  # (start, end) -> bytes
+
+
+class _Pending:
+    __slots__ = ("done", "data", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class ChunkCache:
+    def __init__(self, max_bytes: int, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self._lru: cachetools.LRUCache[ChunkKey, bytes] = cachetools.LRUCache(
+            maxsize=max(max_bytes, chunk_size), getsizeof=len
+        )
+        self._pending: dict[ChunkKey, _Pending] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def current_bytes(self) -> int:
+        return int(self._lru.currsize)
+
+    def peek(self, ck: ChunkKey) -> bytes | None:
+        return self._lru.get(ck)
+
+    def put(self, ck: ChunkKey, data: bytes) -> None:
+        if len(data) <= self._lru.maxsize:
+            self._lru[ck] = data
+
+    def is_present_or_pending(self, ck: ChunkKey) -> bool:
+        return ck in self._lru or ck in self._pending
+
+    async def get(self, ck: ChunkKey, object_size: int, fetch: Fetch) -> bytes:
+        """The chunk's bytes, from memory or by one ranged GET shared with other waiters."""
+        data = self._lru.get(ck)
+        if data is not None:
+            self.hits += 1
+            return data
+        pending = self._pending.get(ck)
+        if pending is not None:
+            self.hits += 1
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            assert pending.data is not None
+            return pending.data
+        self.misses += 1
+        return await self._fill(ck, object_size, fetch)
+
+    async def _fill(self, ck: ChunkKey, object_size: int, fetch: Fetch) -> bytes:
+        pending = _Pending()
+        self._pending[ck] = pending
+        start = ck[2] * self.chunk_size
+        end = min(start + self.chunk_size, object_size)
+        try:
+            data = await fetch(start, end)
+            pending.data = data
+            self.put(ck, data)
+            return data
+        except BaseException as exc:
+            pending.error = exc
+            raise
+        finally:
+            del self._pending[ck]
+            pending.done.set()
+
+    async def prefetch(self, ck: ChunkKey, object_size: int, fetch: Fetch) -> None:
+        """Fill a chunk in the background; errors are left for the real read to meet."""
+        if self.is_present_or_pending(ck):
+            return
+        try:
+            await self._fill(ck, object_size, fetch)
+        except Exception as exc:
+            log.debug("read-ahead of %s chunk %d failed: %s", ck[0], ck[2], exc)
+
+    def invalidate_key(self, key: str) -> None:
+        for ck in [k for k in self._lru.keys() if k[0] == key]:
+            self._lru.pop(ck, None)

@@ -1,0 +1,226 @@
+"""Command line: ``ocifs mount`` and ``ocifs umount``.
+
+Every user-facing failure is one line on stderr and a non-zero exit; tracebacks go to the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from ocifs import __version__, errors
+from ocifs.config import Config, MiB, default_cache_dir
+
+log = logging.getLogger("ocifs")
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{2,62}$")
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket[/prefix]`` -> (bucket, prefix ending in '/' or '')."""
+    if not url.startswith("s3://"):
+        raise UsageError(f"expected s3://BUCKET[/PREFIX], got {url!r}")
+    rest = url[5:]
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET_RE.match(bucket):
+        raise UsageError(f"invalid bucket name {bucket!r} in {url!r}")
+    prefix = prefix.strip("/")
+    if "//" in prefix:
+        raise UsageError(f"prefix {prefix!r} has an empty path segment")
+    return bucket, prefix + "/" if prefix else ""
+
+
+def _positive(kind: type, minimum: float = 0) -> object:
+    def conv(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
+        return value
+
+    return conv
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not the usage block
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ocifs", description="Mount an S3 bucket as a directory of OCI image layouts.")
+    p.add_argument("--version", action="version", version=f"ocifs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    m = sub.add_parser(
+        "mount",
+        help="mount s3://BUCKET[/PREFIX] on MOUNTPOINT",
+        description="Mount s3://BUCKET[/PREFIX] on MOUNTPOINT. Credentials come from botocore's "
+        "usual chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile, instance roles).",
+    )
+    m.add_argument("url", help="s3://BUCKET[/PREFIX]")
+    m.add_argument("mountpoint", type=Path)
+    m.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"), help="S3 endpoint (MinIO, R2, ...)")
+    m.add_argument("--region", default=None, help="region (default: botocore's, us-east-1 with --endpoint-url)")
+    m.add_argument("--profile", default=None, help="AWS profile for credentials")
+    m.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground (default: return once mounted)")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]", help="FUSE mount options, e.g. allow_other")
+    m.add_argument("--cache-dir", type=Path, default=None, help=f"staging and cache directory (default {default_cache_dir()}/<mount>)")
+    m.add_argument("--cache-size", type=_positive(int, 16), default=512, metavar="MIB", help="memory for cached chunks (default 512)")
+    m.add_argument("--chunk-size", type=_positive(int, 1), default=8, metavar="MIB", help="ranged GET / cache unit (default 8)")
+    m.add_argument("--part-size", type=_positive(int, 5), default=8, metavar="MIB", help="multipart upload part size (default 8, min 5)")
+    m.add_argument("--concurrency", type=_positive(int, 1), default=16, metavar="N", help="S3 requests in flight (default 16)")
+    m.add_argument("--max-readahead", type=_positive(int, 1), default=128, metavar="MIB", help="read-ahead ceiling per file (default 128)")
+    m.add_argument("--metadata-ttl", type=_positive(float, 0), default=1.0, metavar="SECONDS", help="revalidate mutable files after (default 1)")
+    m.add_argument("--op-timeout", type=_positive(float, 1), default=300.0, metavar="SECONDS", help="EIO after (default 300)")
+    m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    m.add_argument("--log-file", type=Path, default=None, help="log here (default: stderr in foreground, <cache-dir>/ocifs.log otherwise)")
+    m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+    u = sub.add_parser("umount", help="flush pending uploads and unmount", description="Unmount MOUNTPOINT after pending uploads are published.")
+    u.add_argument("mountpoint", type=Path)
+    u.add_argument("--timeout", type=_positive(float, 1), default=600.0, metavar="SECONDS", help="wait this long for the daemon (default 600)")
+    return p
+
+
+def config_from_args(a: argparse.Namespace, mountpoint: Path) -> Config:
+    bucket, prefix = parse_s3_url(a.url)
+    region = a.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region is None and a.endpoint_url:
+        region = "us-east-1"
+    if a.endpoint_url and not re.match(r"^https?://[^/]+", a.endpoint_url):
+        raise UsageError(f"--endpoint-url must be http(s)://HOST[:PORT], got {a.endpoint_url!r}")
+    if a.chunk_size > 1024 or a.part_size > 5 * 1024:
+        raise UsageError("--chunk-size is at most 1024 MiB and --part-size at most 5120 MiB")
+    options: list[str] = []
+    for o in a.options:
+        options.extend(x for x in o.split(",") if x)
+    import hashlib
+
+    cache_dir = a.cache_dir or default_cache_dir() / hashlib.sha1(str(mountpoint).encode()).hexdigest()[:12]
+    return Config(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=a.endpoint_url,
+        region=region,
+        profile=a.profile,
+        read_only=a.read_only,
+        fuse_options=tuple(options),
+        cache_dir=cache_dir.resolve(),
+        cache_size=a.cache_size * MiB,
+        chunk_size=a.chunk_size * MiB,
+        part_size=a.part_size * MiB,
+        concurrency=a.concurrency,
+        max_readahead=a.max_readahead * MiB,
+        metadata_ttl=a.metadata_ttl,
+        op_timeout=a.op_timeout,
+        log_level=a.log_level,
+        log_file=a.log_file,
+    )
+
+
+def setup_logging(level: str, log_file: Path | None) -> None:
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("botocore", "aiobotocore", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def cmd_mount(a: argparse.Namespace) -> int:
+    from ocifs import mount
+
+    mountpoint = Path(os.path.abspath(a.mountpoint))
+    cfg = config_from_args(a, mountpoint)
+    if a.ready_fd is None:  # the daemon's parent checked this already
+        mount.check_mountpoint(mountpoint)
+    if not a.foreground:
+        return _spawn_daemon(a, cfg, mountpoint)
+    setup_logging(cfg.log_level, cfg.log_file)
+    try:
+        mount.run(cfg, mountpoint, a.ready_fd)
+    except errors.OcifsError as exc:
+        if a.ready_fd is not None:
+            os.write(a.ready_fd, f"ERR {exc}\n".encode())
+        raise
+    return 0
+
+
+def _spawn_daemon(a: argparse.Namespace, cfg: Config, mountpoint: Path) -> int:
+    """Start the daemon and wait until it reports the mount ready (or why it failed)."""
+    log_file = cfg.log_file or (cfg.cache_dir / "ocifs.log")
+    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    r, w = os.pipe()
+    argv = [sys.executable, "-m", "ocifs"] + _daemon_argv(a.argv) + ["--foreground", "--ready-fd", str(w)]
+    argv += ["--log-file", str(log_file)] if a.log_file is None else []
+    with open(os.devnull, "rb") as devnull, open(log_file, "ab") as logf:
+        proc = subprocess.Popen(
+            argv, stdin=devnull, stdout=logf, stderr=logf, pass_fds=(w,), start_new_session=True, close_fds=True
+        )
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        line = pipe.readline().decode(errors="replace").strip()
+    if line == "OK":
+        return 0
+    proc.wait(timeout=30)
+    if line.startswith("ERR "):
+        raise errors.OcifsError(line[4:])
+    raise errors.OcifsError(f"the mount daemon exited ({proc.returncode}) before the mount was ready; see {log_file}")
+
+
+def _daemon_argv(argv: list[str]) -> list[str]:
+    """The user's arguments minus the ones the parent handles itself."""
+    out = []
+    for x in argv:
+        if x in ("-f", "--foreground"):
+            continue
+        out.append(x)
+    return out
+
+
+def cmd_umount(a: argparse.Namespace) -> int:
+    from ocifs import mount
+
+    mount.unmount(Path(os.path.abspath(a.mountpoint)), a.timeout)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        argv = sys.argv[1:] if argv is None else argv
+        a = build_parser().parse_args(argv)
+        a.argv = argv
+        if a.command == "mount":
+            return cmd_mount(a)
+        return cmd_umount(a)
+    except UsageError as exc:
+        print(f"ocifs: {exc}", file=sys.stderr)
+        return 2
+    except errors.OcifsError as exc:
+        print(f"ocifs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ocifs: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback to the user
+        logging.getLogger("ocifs").debug("unexpected error", exc_info=True)
+        print(f"ocifs: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

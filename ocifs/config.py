@@ -1,0 +1,47 @@
+"""Settings of one mount, in one frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ocifs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    bucket: str
+    prefix: str = ""  # "" or "some/prefix/" (always ends with "/")
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    read_only: bool = False
+    fuse_options: tuple[str, ...] = ()
+    cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
+    # Chunk cache: bytes of object data kept in memory, shared by all open files.
+    cache_size: int = 512 * MiB
+    # Unit of ranged GETs and of the cache. 8 MiB is what mountpoint-s3 uses for its
+    # parallel GETs; smaller chunks cost more per-request CPU in Python (see README: tuning).
+    chunk_size: int = 8 * MiB
+    # Multipart part size; S3 requires >= 5 MiB for all parts but the last.
+    part_size: int = 8 * MiB
+    # S3 requests in flight for the whole mount (reads and writes share it).
+    concurrency: int = 16
+    # Read-ahead window ceiling per open file, in bytes.
+    max_readahead: int = 128 * MiB
+    # Attributes of mutable files (index.json, ...) are revalidated after this many seconds.
+    metadata_ttl: float = 1.0
+    # Every FUSE operation that waits on S3 gives up with EIO after this many seconds.
+    op_timeout: float = 300.0
+    log_level: str = "info"
+    log_file: Path | None = None
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.cache_dir / "staging"

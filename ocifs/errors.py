@@ -1,0 +1,70 @@
+"""Exceptions that flow inside ocifs.
+
+Each carries the errno it becomes at the FUSE boundary (fs.py converts them in one place).
+The S3 layer raises these too, so the filesystem never sees botocore exceptions.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class OcifsError(Exception):
+    """Base class: an operation failed for a reason a caller should see as ``errno``."""
+
+    errno: int = errno.EIO
+
+    def __init__(self, message: str = "", *, err: int | None = None) -> None:
+        super().__init__(message)
+        if err is not None:
+            self.errno = err
+
+
+class NotFound(OcifsError):
+    errno = errno.ENOENT
+
+
+class Exists(OcifsError):
+    errno = errno.EEXIST
+
+
+class NotEmpty(OcifsError):
+    errno = errno.ENOTEMPTY
+
+
+class IsADirectory(OcifsError):
+    errno = errno.EISDIR
+
+
+class NotADirectory(OcifsError):
+    errno = errno.ENOTDIR
+
+
+class ReadOnly(OcifsError):
+    errno = errno.EROFS
+
+
+class AccessDenied(OcifsError):
+    errno = errno.EACCES
+
+
+class Unsupported(OcifsError):
+    errno = errno.ENOTSUP
+
+
+class NoSpace(OcifsError):
+    errno = errno.ENOSPC
+
+
+class InvalidName(OcifsError):
+    errno = errno.EINVAL
+
+
+class RemoteError(OcifsError):
+    """S3 failed (after retries) or answered something we cannot use."""
+
+    errno = errno.EIO
+
+
+class BucketError(OcifsError):
+    """The bucket cannot be used at all (startup check)."""

@@ -1,0 +1,632 @@
+"""pyfuse3 Operations: the FUSE boundary.
+
+Thin on purpose: each operation resolves nodes in :mod:`ocifs.namespace`, moves bytes with
+:mod:`ocifs.cache` / :mod:`ocifs.upload`, and lets :func:`fuse_op` turn every exception into one
+errno, in one place, under one deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from ocifs import errors
+from ocifs.cache import ChunkCache
+from ocifs.config import MiB, Config
+from ocifs.layout import is_blob_path, join, name_to_str, parent_of
+from ocifs.namespace import ROOT_INODE, Namespace, Node, uid_gid
+from ocifs.prefetch import ReadAhead
+from ocifs.s3 import S3
+from ocifs.upload import WriteSession
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# S3 takes at most 5 GiB in one CopyObject; bigger objects are copied part by part.
+MAX_SINGLE_COPY = 5 * 1024 * MiB
+COPY_PART = 512 * MiB
+IMMUTABLE_TIMEOUT = 3600.0
+# st_blksize: callers size their buffers by it (Python's io does); 1 MiB means 1 MiB FUSE
+# requests instead of 4 KiB ones for readers of direct-I/O files.
+BLKSIZE = 1 * MiB
+RENAME_NOREPLACE = 1
+
+
+def fuse_op(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Run a FUSE operation under the mount's deadline and map its errors to one errno."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self: Operations = args[0]  # type: ignore[assignment]
+        try:
+            with trio.fail_after(self.cfg.op_timeout):
+                return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except errors.OcifsError as exc:
+            level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY) else logging.WARNING
+            log.log(level, "%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except trio.TooSlowError:
+            log.error("%s: gave up after %.0f s (op_timeout)", fn.__name__, self.cfg.op_timeout)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as exc:
+            log.warning("%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s: unexpected error", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class Handle:
+    """One open file: which version it reads and how it reads ahead."""
+
+    __slots__ = ("node", "writer", "key", "etag", "size", "readahead")
+
+    def __init__(self, node: Node, writer: bool, key: str, readahead: ReadAhead) -> None:
+        self.node = node
+        self.writer = writer
+        # The committed version this handle reads when it does not read the staging copy.
+        self.key = key
+        self.etag = node.etag
+        self.size = node.size
+        self.readahead = readahead
+
+
+class DirHandle:
+    __slots__ = ("node", "entries")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.entries: list[tuple[str, Node]] | None = None
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, cfg: Config, s3: S3) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.s3 = s3
+        self.ns = Namespace(cfg, s3)
+        self.cache = ChunkCache(cfg.cache_size, cfg.chunk_size)
+        self.uid, self.gid = uid_gid()
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self._locks: dict[int, trio.Lock] = {}
+        self._markers: set[str] = set()  # directories whose marker object we know exists
+        self.nursery: trio.Nursery | None = None
+        # Read-ahead never plans more than half the cache per file, or it evicts itself.
+        self._max_window = max(cfg.chunk_size, min(cfg.max_readahead, cfg.cache_size // 2))
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _lock(self, node: Node) -> trio.Lock:
+        lock = self._locks.get(node.inode)
+        if lock is None:
+            lock = self._locks[node.inode] = trio.Lock()
+        return lock
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _check_writable(self) -> None:
+        if self.cfg.read_only:
+            raise errors.ReadOnly("mounted read-only")
+
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.inode
+        e.generation = 0
+        e.st_mode = node.mode
+        e.st_nlink = 2 if node.is_dir else 1
+        e.st_uid = self.uid
+        e.st_gid = self.gid
+        size = node.size
+        session = node.session
+        if session is not None and not session.private:
+            size = session.size
+        e.st_size = size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = (size + 511) // 512
+        ns = int(node.mtime * 1e9)
+        e.st_mtime_ns = e.st_ctime_ns = e.st_atime_ns = ns
+        ttl = self.cfg.metadata_ttl
+        if node.is_dir:
+            e.attr_timeout = e.entry_timeout = ttl
+        elif node.immutable:
+            e.attr_timeout = e.entry_timeout = IMMUTABLE_TIMEOUT
+        elif session is not None or not node.meta_known:
+            e.attr_timeout, e.entry_timeout = 0, ttl
+        else:
+            e.attr_timeout = e.entry_timeout = ttl
+        return e
+
+    async def _lookup(self, parent_inode: int, name: bytes) -> Node:
+        parent = self.ns.get(parent_inode)
+        return await self.ns.lookup(parent, name_to_str(name))
+
+    async def _lookup_or_none(self, parent_inode: int, name: bytes) -> Node | None:
+        try:
+            return await self._lookup(parent_inode, name)
+        except errors.NotFound:
+            return None
+
+    # --- metadata -------------------------------------------------------------------------
+    @fuse_op
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = await self._lookup(parent_inode, name)
+        if not node.is_dir and not node.meta_known and node.session is None:
+            await self.ns.revalidate(node)
+        node.lookups += 1
+        return self.attrs(node)
+
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self.ns.forget(inode, count)
+            if inode not in self.ns.nodes:
+                self._locks.pop(inode, None)
+
+    @fuse_op
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        node = self.ns.get(inode)
+        await self.ns.revalidate(node)
+        return self.attrs(node)
+
+    @fuse_op
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = self.ns.get(inode)
+        meta_changed = False
+        if fields.update_mode:
+            self._check_writable()
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
+            meta_changed = True
+        if fields.update_mtime:
+            self._check_writable()
+            node.mtime = attr.st_mtime_ns / 1e9
+            node.explicit_mtime = True
+            meta_changed = True
+        # update_uid / update_gid: accepted and ignored (ownership is the mounting user's).
+        if node.is_dir:
+            return self.attrs(node)
+        if fields.update_size:
+            self._check_writable()
+            async with self._lock(node):
+                session = await self._session_for_write(node, truncate=attr.st_size == 0)
+                session.truncate(attr.st_size)
+            node.mtime = time.time()
+            if node.opens == 0:  # truncate(2) by path: publish now
+                await self._commit(node)
+                await self._drop_session(node)
+            return self.attrs(node)
+        if meta_changed and node.committed and (node.session is None or not node.session.dirty):
+            # Metadata of a committed object only changes by a (server-side) self-copy.
+            node.etag = await self.s3.copy(self.ns.key(node.path), self.ns.key(node.path), node.meta())
+        return self.attrs(node)
+
+    @fuse_op
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLKSIZE
+        s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 2**40 // 4096  # object storage: 1 PiB "free"
+        s.f_files = s.f_ffree = s.f_favail = 2**32
+        s.f_namemax = 255
+        return s
+
+    # --- directories ----------------------------------------------------------------------
+    @fuse_op
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.ns.get(inode)
+        if not node.is_dir:
+            raise errors.NotADirectory(node.path)
+        fh = self._new_fh()
+        self._dirs[fh] = DirHandle(node)
+        return fh
+
+    @fuse_op
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        d = self._dirs[fh]
+        if d.entries is None or start_id == 0:
+            d.entries = await self.ns.list_dir(d.node)
+        for i in range(start_id, len(d.entries)):
+            name, node = d.entries[i]
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"), self.attrs(node), i + 1):
+                break
+            node.lookups += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @fuse_op
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        parent = self.ns.get(parent_inode)
+        if await self._lookup_or_none(parent_inode, name) is not None:
+            raise errors.Exists(join(parent.path, name_to_str(name)))
+        path = join(parent.path, name_to_str(name))
+        await self.s3.put(self.ns.dir_key(path), b"", {})
+        self._markers.add(path)
+        node = self.ns.create_node(path, is_dir=True)
+        node.mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        self.ns.note_added(node)
+        node.lookups += 1
+        return self.attrs(node)
+
+    @fuse_op
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        node = await self._lookup(parent_inode, name)
+        if not node.is_dir:
+            raise errors.NotADirectory(node.path)
+        if self.ns.children_pending(node.path):
+            raise errors.NotEmpty(node.path)
+        marker = self.ns.dir_key(node.path)
+        page = await self.s3.list_page(marker, delimiter=None, max_keys=2)
+        if page.prefixes or any(o.key != marker for o in page.objects):
+            raise errors.NotEmpty(node.path)
+        await self._keep_dir(parent_of(node.path))
+        await self.s3.delete(marker)
+        self._markers.discard(node.path)
+        self.ns.remove(node)
+
+    async def _keep_dir(self, path: str) -> None:
+        """Make sure directory ``path`` outlives its last file (write its marker once)."""
+        if path and path not in self._markers:
+            await self.s3.put(self.ns.dir_key(path), b"", {})
+            self._markers.add(path)
+
+    # --- unsupported ----------------------------------------------------------------------
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    # --- files ----------------------------------------------------------------------------
+    @fuse_op
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable()
+        parent = self.ns.get(parent_inode)
+        path = join(parent.path, name_to_str(name))
+        existing = await self._lookup_or_none(parent_inode, name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise errors.Exists(path)
+            if existing.is_dir:
+                raise errors.IsADirectory(path)
+            # Created by another mount since the kernel looked: open it like O_CREAT|O_TRUNC.
+            existing.lookups += 1
+            fi = await self._open(existing, flags | os.O_TRUNC)
+            return fi, self.attrs(existing)
+        node = self.ns.create_node(path, is_dir=False)
+        node.mode = stat.S_IFREG | stat.S_IMODE(mode)
+        node.committed = False
+        node.meta_known = True
+        node.session = self._new_session(node, size=0, private=False)
+        node.lookups += 1
+        self.ns.note_added(node)
+        fi = await self._open(node, flags)
+        return fi, self.attrs(node)
+
+    @fuse_op
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.ns.get(inode)
+        if node.is_dir:
+            raise errors.IsADirectory(node.path)
+        return await self._open(node, flags)
+
+    async def _open(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+        writer = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+        if writer:
+            self._check_writable()
+        if writer and flags & os.O_TRUNC:
+            async with self._lock(node):
+                session = await self._session_for_write(node, truncate=True)
+                session.truncate(0)
+            node.mtime = time.time()
+        elif node.session is None:
+            await self.ns.revalidate(node)
+        ra = ReadAhead(self.cfg.chunk_size, self.cfg.chunk_size, self._max_window)
+        handle = Handle(node, writer, self.ns.key(node.path), ra)
+        fh = self._new_fh()
+        self._handles[fh] = handle
+        node.opens += 1
+        fi = pyfuse3.FileInfo(fh=fh)
+        # Mutable files bypass the kernel page cache so that every read sees the version this
+        # mount considers current (never a half-rewritten index.json); blobs are cached.
+        fi.direct_io = not is_blob_path(node.path)
+        fi.keep_cache = node.immutable
+        return fi
+
+    def _new_session(self, node: Node, size: int, private: bool) -> WriteSession:
+        assert self.nursery is not None
+        return WriteSession(
+            self.s3,
+            self.nursery,
+            self.cfg.staging_dir,
+            self.ns.key(node.path),
+            size,
+            self.cfg.part_size,
+            max_inflight=max(2, self.cfg.concurrency // 2),
+            private=private,
+        )
+
+    async def _session_for_write(self, node: Node, truncate: bool) -> WriteSession:
+        """The node's write session, created on first write (call with the node lock held).
+
+        Rewriting a committed file without truncating it first copies its content into the
+        staging file (append on reopen, writes at offsets).
+        """
+        if node.session is not None:
+            node.session.dirty = True
+            return node.session
+        if truncate:
+            session = self._new_session(node, 0, private=node.committed and node.size > 0)
+        else:
+            session = self._new_session(node, 0, private=False)
+            if node.committed and node.size > 0:
+                try:
+                    await self._load_into(node, session)
+                except BaseException:
+                    session.close()
+                    raise
+        node.session = session
+        return session
+
+    async def _load_into(self, node: Node, session: WriteSession) -> None:
+        key, etag, size = self.ns.key(node.path), node.etag, node.size
+        cs = self.cfg.chunk_size
+
+        async def one(idx: int) -> None:
+            data = await self._chunk(key, etag, size, idx)
+            session.staging.pwrite(data, idx * cs)
+
+        async with trio.open_nursery() as nursery:
+            for idx in range(-(-size // cs)):
+                nursery.start_soon(one, idx)
+        session.size = size
+
+    async def _chunk(self, key: str, etag: str, size: int, idx: int) -> bytes:
+        async def fetch(start: int, end: int) -> bytes:
+            return await self.s3.get_range(key, start, end, etag or None)
+
+        return await self.cache.get((key, etag, idx), size, fetch)
+
+    @fuse_op
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handles[fh]
+        node = h.node
+        session = node.session
+        if session is not None and (h.writer or not session.private):
+            n = max(0, min(size, session.size - off))
+            return session.staging.pread(n, off) if n else b""
+        return await self._read_committed(h, off, size)
+
+    async def _read_committed(self, h: Handle, off: int, size: int) -> bytes:
+        end = min(off + size, h.size)
+        if off >= end:
+            return b""
+        cs = self.cfg.chunk_size
+        for idx in h.readahead.on_read(off, size, h.size):
+            ck = (h.key, h.etag, idx)
+            if not self.cache.is_present_or_pending(ck):
+                assert self.nursery is not None
+                self.nursery.start_soon(self._prefetch, h.key, h.etag, h.size, idx)
+        out = []
+        for idx in range(off // cs, (end - 1) // cs + 1):
+            data = await self._chunk(h.key, h.etag, h.size, idx)
+            base = idx * cs
+            out.append(data[max(off, base) - base : end - base])
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    async def _prefetch(self, key: str, etag: str, size: int, idx: int) -> None:
+        async def fetch(start: int, end: int) -> bytes:
+            return await self.s3.get_range(key, start, end, etag or None)
+
+        with trio.move_on_after(self.cfg.op_timeout):
+            await self.cache.prefetch((key, etag, idx), size, fetch)
+
+    @fuse_op
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handles[fh]
+        node = h.node
+        self._check_writable()
+        async with self._lock(node):
+            session = await self._session_for_write(node, truncate=False)
+            await session.write(off, buf, node.meta())
+        node.mtime = time.time()
+        node.explicit_mtime = False
+        return len(buf)
+
+    @fuse_op
+    async def flush(self, fh: int) -> None:
+        await self._commit(self._handles[fh].node)
+
+    @fuse_op
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._commit(self._handles[fh].node)
+
+    async def _commit(self, node: Node) -> None:
+        """Publish the node's pending writes (close, fsync): errors reach the caller."""
+        session = node.session
+        if session is None or not session.dirty or node.unlinked:
+            return
+        async with self._lock(node):
+            if not session.dirty or node.unlinked:
+                return
+            key = self.ns.key(node.path)
+            session.key = key
+            etag, size, mtime = await session.commit(node.meta())
+            node.etag, node.size, node.committed = etag, size, True
+            node.explicit_mtime = False
+            session.private = False
+            if mtime is None:  # multipart: S3's LastModified is the mtime
+                node.mtime = (await self.s3.head(key)).mtime
+            else:
+                node.mtime = mtime
+            node.meta_known = True
+            node.fetched = time.monotonic()
+            self.ns.note_added(node)
+            if size <= self.cfg.chunk_size:
+                # Readers right after a write (oras re-reads manifests) hit memory.
+                self.cache.put((key, etag, 0), session.staging.pread(size, 0))
+            log.debug("committed %s (%d bytes)", key, size)
+
+    @fuse_op
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh)
+        node = h.node
+        try:
+            if node.opens <= 1 and node.session is not None:
+                if node.session.dirty and not node.unlinked:
+                    try:
+                        await self._commit(node)
+                    except errors.OcifsError as exc:
+                        log.error("discarding unpublished writes to %s: %s", node.path, exc)
+                await self._drop_session(node)
+        finally:
+            self.ns.release_open(node)
+
+    async def _drop_session(self, node: Node) -> None:
+        session, node.session = node.session, None
+        if session is not None:
+            with trio.CancelScope(shield=True):
+                await session.discard()
+
+    @fuse_op
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable()
+        node = await self._lookup(parent_inode, name)
+        if node.is_dir:
+            raise errors.IsADirectory(node.path)
+        await self._keep_dir(parent_of(node.path))
+        key = self.ns.key(node.path)
+        if node.committed:
+            await self.s3.delete(key)
+            self.cache.invalidate_key(key)
+        self.ns.remove(node)
+        if node.session is not None and node.opens == 0:
+            await self._drop_session(node)
+
+    @fuse_op
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._check_writable()
+        if flags & ~RENAME_NOREPLACE:
+            raise errors.Unsupported("RENAME_EXCHANGE/WHITEOUT are not supported")
+        src = await self._lookup(parent_inode_old, name_old)
+        new_parent = self.ns.get(parent_inode_new)
+        new_path = join(new_parent.path, name_to_str(name_new))
+        if src.is_dir:
+            # Directory renames would copy every object below; callers fall back on EXDEV.
+            raise errors.OcifsError("directory rename is not supported", err=errno.EXDEV)
+        target = await self._lookup_or_none(parent_inode_new, name_new)
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise errors.Exists(new_path)
+            if target.is_dir:
+                raise errors.IsADirectory(new_path)
+            if target is src:
+                return
+        async with self._lock(src):
+            await self._move_object(src, new_path)
+        if target is not None and target.session is not None and target.opens == 0:
+            await self._drop_session(target)
+        old_parent = parent_of(src.path)
+        await self._keep_dir(old_parent)
+        self.ns.move(src, new_path)
+
+    async def _move_object(self, src: Node, new_path: str) -> None:
+        """Make the object for ``src`` live at ``new_path`` (node lock held)."""
+        old_key, new_key = self.ns.key(src.path), self.ns.key(new_path)
+        session = src.session
+        if session is not None and session.dirty and not session.streaming:
+            # Nothing sent yet: the pending commit simply publishes at the new key.
+            session.key = new_key
+            if src.committed:
+                await self.s3.delete(old_key)
+                src.committed = False
+            return
+        if session is not None and session.dirty:
+            # A multipart upload to the old key is under way: finish it, then move it.
+            session.key = old_key
+            etag, size, mtime = await session.commit(src.meta())
+            src.etag, src.size, src.committed = etag, size, True
+            session.private = False
+            if mtime is not None:
+                src.mtime = mtime
+        if src.committed:
+            src.etag = await self._server_copy(old_key, new_key, src.size, src.meta())
+            await self.s3.delete(old_key)
+            self.cache.invalidate_key(old_key)
+        if session is not None:
+            session.key = new_key
+
+    async def _server_copy(self, src: str, dst: str, size: int, meta: dict[str, str]) -> str:
+        if size <= MAX_SINGLE_COPY:
+            return await self.s3.copy(src, dst, meta)
+        upload_id = await self.s3.create_multipart(dst, meta)
+        etags: dict[int, str] = {}
+
+        async def part(n: int, start: int, end: int) -> None:
+            etags[n] = await self.s3.upload_part_copy(src, dst, upload_id, n, start, end)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for n, start in enumerate(range(0, size, COPY_PART), 1):
+                    nursery.start_soon(part, n, start, min(start + COPY_PART, size))
+            return await self.s3.complete_multipart(dst, upload_id, sorted(etags.items()))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.s3.abort_multipart(dst, upload_id)
+            raise
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def flush_all(self) -> None:
+        """Publish every pending write (unmount, SIGTERM)."""
+        for node in list(self.ns.nodes.values()):
+            if node.session is not None:
+                try:
+                    await self._commit(node)
+                except errors.OcifsError as exc:
+                    log.error("could not publish %s at unmount: %s", node.path, exc)
+                await self._drop_session(node)
+
+    def root(self) -> Node:
+        return self.ns.get(ROOT_INODE)
+

@@ -1,0 +1,364 @@
+"""Paths, inodes and attributes: how the bucket's keys look as a directory tree.
+
+A file is an object ``<prefix><path>``. A directory is a key prefix ``<prefix><path>/``; an
+empty directory persists as a zero-byte marker object ``<prefix><path>/`` (the convention of
+s3fs, goofys and the S3 console). Attributes come from HEAD (exact: mode and mtime from user
+metadata) or from a listing (size and LastModified only; marked ``meta_known=False`` so the
+next getattr asks HEAD once).
+
+This mount's own changes update the in-memory tree at once, so they are visible immediately;
+changes made by others show up after ``metadata_ttl`` for mutable files. Committed blobs
+(``blobs/<alg>/<hex>``) never change, so their attributes are never revalidated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+
+import trio
+
+from ocifs import errors
+from ocifs.config import Config
+from ocifs.layout import basename, hidden_reason, is_blob_path, join, parent_of
+from ocifs.s3 import S3, ObjectInfo
+from ocifs.upload import WriteSession
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+DEFAULT_FILE_MODE = stat.S_IFREG | 0o644
+DEFAULT_DIR_MODE = stat.S_IFDIR | 0o755
+
+
+class Node:
+    """One file or directory this mount has told the kernel about."""
+
+    __slots__ = (
+        "inode",
+        "path",
+        "is_dir",
+        "size",
+        "mtime",
+        "mode",
+        "etag",
+        "meta_known",
+        "fetched",
+        "lookups",
+        "opens",
+        "session",
+        "committed",
+        "unlinked",
+        "explicit_mtime",
+    )
+
+    def __init__(self, inode: int, path: str, is_dir: bool) -> None:
+        self.inode = inode
+        self.path = path
+        self.is_dir = is_dir
+        self.size = 0
+        self.mtime = time.time()
+        self.mode = DEFAULT_DIR_MODE if is_dir else DEFAULT_FILE_MODE
+        self.etag = ""  # of the committed object ("" when nothing is committed)
+        self.meta_known = True
+        self.fetched = time.monotonic()
+        self.lookups = 0
+        self.opens = 0
+        self.session: WriteSession | None = None
+        self.committed = False  # an object exists at the node's key
+        self.unlinked = False
+        self.explicit_mtime = False  # mtime was set by utimens: store it as metadata
+
+    @property
+    def immutable(self) -> bool:
+        return self.committed and self.session is None and is_blob_path(self.path)
+
+    def apply(self, info: ObjectInfo) -> None:
+        """Take attributes from S3 (only for a node with no local write in progress)."""
+        if info.etag != self.etag:
+            self.meta_known = False
+        self.size = info.size
+        self.etag = info.etag
+        self.committed = True
+        if info.meta_known:
+            self.mtime = info.mtime
+            self.mode = stat.S_IFREG | stat.S_IMODE(info.mode) if info.mode is not None else DEFAULT_FILE_MODE
+            self.meta_known = True
+            self.explicit_mtime = False
+        elif not self.meta_known:
+            self.mtime = info.mtime
+        self.fetched = time.monotonic()
+
+    def meta(self) -> dict[str, str]:
+        """User metadata stored with the object (s3fs-compatible names)."""
+        m = {"mode": str(self.mode)}
+        if self.explicit_mtime:
+            m["mtime"] = f"{self.mtime:.6f}"
+        return m
+
+
+class _Listing:
+    __slots__ = ("fetched", "entries")
+
+    def __init__(self, entries: dict[str, ObjectInfo | None]) -> None:
+        self.fetched = time.monotonic()
+        self.entries = entries  # name -> ObjectInfo (file) or None (directory)
+
+
+class Namespace:
+    def __init__(self, cfg: Config, s3: S3) -> None:
+        self.cfg = cfg
+        self.s3 = s3
+        self.nodes: dict[int, Node] = {}
+        self.paths: dict[str, Node] = {}
+        self._listings: dict[str, _Listing] = {}
+        self._next_inode = ROOT_INODE + 1
+        self._warned: set[str] = set()
+        root = Node(ROOT_INODE, "", True)
+        root.lookups = 1
+        self.nodes[ROOT_INODE] = root
+        self.paths[""] = root
+
+    # --- keys -------------------------------------------------------------------------------
+    def key(self, path: str) -> str:
+        return self.cfg.prefix + path
+
+    def dir_key(self, path: str) -> str:
+        return self.cfg.prefix + path + "/" if path else self.cfg.prefix
+
+    # --- node table -------------------------------------------------------------------------
+    def get(self, inode: int) -> Node:
+        try:
+            return self.nodes[inode]
+        except KeyError:
+            raise errors.NotFound(f"inode {inode} is not known") from None
+
+    def _new_node(self, path: str, is_dir: bool) -> Node:
+        node = Node(self._next_inode, path, is_dir)
+        self._next_inode += 1
+        self.nodes[node.inode] = node
+        self.paths[path] = node
+        return node
+
+    def _node_for(self, path: str, info: ObjectInfo | None) -> Node:
+        """The node for ``path`` (info None = directory), created or refreshed."""
+        is_dir = info is None
+        node = self.paths.get(path)
+        if node is not None and node.is_dir != is_dir:
+            self._detach(node)
+            node = None
+        if node is None:
+            node = self._new_node(path, is_dir)
+            if info is not None:
+                node.meta_known = False
+                node.apply(info)
+            return node
+        if info is not None and node.session is None:
+            node.apply(info)
+        node.fetched = time.monotonic()
+        return node
+
+    def _detach(self, node: Node) -> None:
+        if self.paths.get(node.path) is node:
+            del self.paths[node.path]
+        node.unlinked = True
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.inode != ROOT_INODE and node.lookups <= 0 and node.opens <= 0 and node.session is None:
+            self.nodes.pop(node.inode, None)
+            if self.paths.get(node.path) is node:
+                del self.paths[node.path]
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self.nodes.get(inode)
+        if node is None:
+            return
+        node.lookups -= count
+        self._maybe_drop(node)
+
+    def release_open(self, node: Node) -> None:
+        node.opens -= 1
+        self._maybe_drop(node)
+
+    # --- freshness --------------------------------------------------------------------------
+    def is_fresh(self, node: Node) -> bool:
+        if node.is_dir or node.session is not None or node.immutable:
+            return True
+        return time.monotonic() - node.fetched < self.cfg.metadata_ttl
+
+    def _listing(self, path: str) -> _Listing | None:
+        listing = self._listings.get(path)
+        if listing is not None and time.monotonic() - listing.fetched < self.cfg.metadata_ttl:
+            return listing
+        return None
+
+    # --- lookups ----------------------------------------------------------------------------
+    async def lookup(self, parent: Node, name: str) -> Node:
+        if not parent.is_dir:
+            raise errors.NotADirectory(parent.path)
+        path = join(parent.path, name)
+        node = self.paths.get(path)
+        if node is not None and self.is_fresh(node):
+            return node
+        listing = self._listing(parent.path)
+        if listing is not None:
+            if name not in listing.entries:
+                raise errors.NotFound(path)
+            return self._node_for(path, listing.entries[name])
+        return await self._probe(path)
+
+    async def _probe(self, path: str) -> Node:
+        """Ask S3 whether ``path`` is a file, a directory, or nothing (HEAD + LIST at once)."""
+        head: ObjectInfo | None = None
+        is_dir = False
+
+        async def do_head() -> None:
+            nonlocal head
+            try:
+                head = await self.s3.head(self.key(path))
+            except errors.NotFound:
+                pass
+
+        async def do_list() -> None:
+            nonlocal is_dir
+            page = await self.s3.list_page(self.dir_key(path), delimiter=None, max_keys=1)
+            is_dir = bool(page.objects or page.prefixes)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(do_head)
+            nursery.start_soon(do_list)
+        if is_dir:  # a key that is both object and prefix shows as the directory
+            if head is not None:
+                self._warn_once(self.key(path), "is both an object and a prefix; the object is hidden")
+            return self._node_for(path, None)
+        if head is not None:
+            return self._node_for(path, head)
+        old = self.paths.get(path)
+        if old is not None and old.session is None:
+            self._detach(old)
+        raise errors.NotFound(path)
+
+    async def revalidate(self, node: Node) -> None:
+        """Refresh a file's attributes from S3 if they are older than the TTL or incomplete."""
+        if node.is_dir or node.session is not None or node.unlinked or not node.committed:
+            return
+        if self.is_fresh(node) and node.meta_known:
+            return
+        try:
+            info = await self.s3.head(self.key(node.path))
+        except errors.NotFound:
+            # Deleted (or turned into a prefix) by someone else.
+            self._detach(node)
+            raise
+        node.apply(info)
+
+    async def list_dir(self, node: Node) -> list[tuple[str, Node]]:
+        """All entries of a directory (every page), merged with this mount's pending files."""
+        listing = self._listing(node.path)
+        if listing is None:
+            listing = await self._fetch_listing(node.path)
+        out: dict[str, Node] = {}
+        for name, info in listing.entries.items():
+            out[name] = self._node_for(join(node.path, name), info)
+        # Files this mount is writing that S3 has not seen yet.
+        for path, child in list(self.paths.items()):
+            if child.session is not None and parent_of(path) == node.path and path:
+                out.setdefault(basename(path), child)
+        return sorted(out.items())
+
+    async def _fetch_listing(self, path: str) -> _Listing:
+        prefix = self.dir_key(path)
+        entries: dict[str, ObjectInfo | None] = {}
+        files: dict[str, ObjectInfo] = {}
+        token: str | None = None
+        while True:
+            page = await self.s3.list_page(prefix, token)
+            for p in page.prefixes:
+                name = p[len(prefix) :].removesuffix("/")
+                if self._visible(p, name):
+                    entries[name] = None
+            for obj in page.objects:
+                if obj.key == prefix:  # this directory's own marker
+                    continue
+                name = obj.key[len(prefix) :]
+                if self._visible(obj.key, name):
+                    files[name] = obj
+            token = page.next_token
+            if token is None:
+                break
+        for name, obj in files.items():
+            if name in entries:
+                self._warn_once(obj.key, "is both an object and a prefix; the object is hidden")
+            else:
+                entries[name] = obj
+        listing = _Listing(entries)
+        self._listings[path] = listing
+        return listing
+
+    def _visible(self, key: str, name: str) -> bool:
+        reason = hidden_reason(name)
+        if reason is None:
+            return True
+        self._warn_once(key, f"is hidden: {reason}")
+        return False
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("object key %r %s", key, message)
+
+    # --- local changes ----------------------------------------------------------------------
+    def note_added(self, node: Node) -> None:
+        """This mount created or committed ``node``: make listings agree at once."""
+        listing = self._listings.get(parent_of(node.path))
+        if listing is not None:
+            name = basename(node.path)
+            if node.is_dir:
+                listing.entries[name] = None
+            elif node.committed:
+                listing.entries[name] = ObjectInfo(self.key(node.path), node.size, node.mtime, node.etag)
+            else:
+                listing.entries.pop(name, None)  # shown from the pending session instead
+
+    def note_removed(self, path: str) -> None:
+        listing = self._listings.get(parent_of(path))
+        if listing is not None:
+            listing.entries.pop(basename(path), None)
+        self._listings.pop(path, None)
+
+    def create_node(self, path: str, is_dir: bool) -> Node:
+        old = self.paths.get(path)
+        if old is not None:
+            self._detach(old)
+        return self._new_node(path, is_dir)
+
+    def move(self, node: Node, new_path: str) -> None:
+        """Give ``node`` a new path; whatever was at the new path is unlinked."""
+        old_path = node.path
+        target = self.paths.get(new_path)
+        if target is not None and target is not node:
+            self._detach(target)
+        if self.paths.get(old_path) is node:
+            del self.paths[old_path]
+        self.note_removed(old_path)
+        node.path = new_path
+        self.paths[new_path] = node
+        self.note_added(node)
+
+    def remove(self, node: Node) -> None:
+        self.note_removed(node.path)
+        self._detach(node)
+
+    def children_pending(self, path: str) -> bool:
+        """Whether this mount has uncommitted files directly inside ``path``."""
+        return any(
+            c.session is not None and not c.unlinked and parent_of(p) == path and p
+            for p, c in self.paths.items()
+        )
+
+
+def uid_gid() -> tuple[int, int]:
+    return os.getuid(), os.getgid()

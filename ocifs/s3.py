@@ -1,0 +1,386 @@
+"""The only module that talks to S3.
+
+aiobotocore runs on asyncio; the filesystem runs on trio (pyfuse3's loop). The S3 client lives
+on its own asyncio event loop in a dedicated thread, and trio tasks await its coroutines through
+:meth:`S3.call`, which parks the trio task on a trio event that the asyncio side sets when the
+request finishes. No thread is blocked per request, and cancelling the trio task cancels the
+asyncio task. Why this bridge and not trio-asyncio: see README, "Design".
+
+Everything here raises :mod:`ocifs.errors` exceptions, never botocore ones, and counts every
+request by type in :attr:`S3.stats` (what tests and benchmarks read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import trio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from ocifs import errors
+from ocifs.config import Config
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# S3 error codes that mean "no such thing" / "not allowed" / "changed under you".
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_PRECONDITION = {"412", "PreconditionFailed"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float  # seconds since epoch: x-amz-meta-mtime if set, else LastModified
+    etag: str
+    mode: int | None = None  # st_mode from x-amz-meta-mode; None when unknown (listing)
+    meta_known: bool = False  # True when user metadata was read (HEAD/GET), not a listing
+
+
+@dataclasses.dataclass(slots=True)
+class ListPage:
+    prefixes: list[str]
+    objects: list[ObjectInfo]
+    next_token: str | None
+
+
+class AsyncioThread:
+    """An asyncio event loop running in its own daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="ocifs-s3", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` to completion from a thread that is not the loop's (CLI checks)."""
+        return self.submit(coro).result(timeout)
+
+    async def run_in_trio(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await an asyncio coroutine from a trio task without blocking a thread."""
+        fut = self.submit(coro)
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: concurrent.futures.Future[T]) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        fut.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut.result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+def _parse_meta(meta: dict[str, str], last_modified: dt.datetime) -> tuple[float, int | None]:
+    mtime = last_modified.timestamp()
+    mode: int | None = None
+    try:
+        if "mtime" in meta:
+            mtime = float(meta["mtime"])
+        if "mode" in meta:
+            mode = int(meta["mode"])
+    except ValueError:
+        pass
+    return mtime, mode
+
+
+def translate(exc: BaseException, what: str) -> errors.OcifsError:
+    """Map a botocore exception to the ocifs error a filesystem caller should see."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        msg = exc.response.get("Error", {}).get("Message", "") or code
+        if code in _NOT_FOUND or status == "404":
+            return errors.NotFound(f"{what}: {msg}")
+        if code in _DENIED or status == "403":
+            return errors.AccessDenied(f"{what}: access denied ({code})")
+        if code in _PRECONDITION or status == "412":
+            return errors.RemoteError(f"{what}: object changed while reading ({code})")
+        if code == "NoSuchBucket":
+            return errors.BucketError(f"{what}: no such bucket")
+        return errors.RemoteError(f"{what}: {code or status}: {msg}")
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return errors.AccessDenied(f"{what}: no usable credentials ({exc})")
+    if isinstance(exc, EndpointConnectionError):
+        return errors.RemoteError(f"{what}: cannot reach endpoint ({exc})")
+    if isinstance(exc, (BotoCoreError, OSError, asyncio.TimeoutError)):
+        return errors.RemoteError(f"{what}: {type(exc).__name__}: {exc}")
+    return errors.RemoteError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class S3:
+    """An aiobotocore client for one bucket, usable from trio."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._aio = AsyncioThread()
+        self._client: Any = None
+        self._exit_stack: Any = None
+        self.limiter: trio.CapacityLimiter | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def _open(self) -> None:
+        session = AioSession(profile=self.cfg.profile)
+        config = AioConfig(
+            max_pool_connections=max(10, self.cfg.concurrency * 2),
+            connect_timeout=10,
+            read_timeout=60,
+            retries={"mode": "standard", "max_attempts": 5},
+            s3={"addressing_style": "path" if self.cfg.endpoint_url else "auto"},
+            # Skip botocore's per-request payload checksums: part bodies come from our own
+            # staging file and MinIO/S3 verify Content-Length; CRC of every byte costs CPU.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        ctx = session.create_client(
+            "s3", endpoint_url=self.cfg.endpoint_url, region_name=self.cfg.region, config=config
+        )
+        self._exit_stack = ctx
+        self._client = await ctx.__aenter__()
+
+    async def _close(self) -> None:
+        if self._exit_stack is not None:
+            await self._exit_stack.__aexit__(None, None, None)
+            self._exit_stack = None
+
+    def open_blocking(self) -> None:
+        self._aio.run_blocking(self._open(), timeout=60)
+
+    def close_blocking(self) -> None:
+        try:
+            self._aio.run_blocking(self._close(), timeout=30)
+        except Exception:  # closing a broken session must not mask the real error
+            log.debug("closing the S3 session failed", exc_info=True)
+        self._aio.close()
+
+    def check_bucket_blocking(self, timeout: float = 30.0) -> None:
+        """Fail fast (BucketError with one clear line) if the bucket is unusable."""
+        try:
+            self._aio.run_blocking(self._check_bucket(), timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise errors.BucketError(
+                f"endpoint {self.cfg.endpoint_url or 'AWS S3'} did not answer within {timeout:.0f} s"
+            ) from None
+
+    async def _check_bucket(self) -> None:
+        try:
+            await self._client.list_objects_v2(Bucket=self.bucket, MaxKeys=1, Prefix=self.cfg.prefix)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket":
+                raise errors.BucketError(f"bucket {self.bucket!r} does not exist") from None
+            if code in _DENIED:
+                raise errors.BucketError(
+                    f"access to bucket {self.bucket!r} denied ({code}): check the credentials"
+                ) from None
+            raise errors.BucketError(f"bucket {self.bucket!r}: {code}") from None
+        except (NoCredentialsError, PartialCredentialsError):
+            raise errors.BucketError(
+                "no S3 credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --profile)"
+            ) from None
+        except EndpointConnectionError:
+            raise errors.BucketError(
+                f"cannot connect to endpoint {self.cfg.endpoint_url or 'AWS S3'}"
+            ) from None
+        except (BotoCoreError, OSError) as exc:
+            raise errors.BucketError(f"cannot use endpoint: {exc}") from None
+
+    # --- the trio-facing call -----------------------------------------------------------------
+    async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one S3 request under the mount-wide concurrency limit; count it."""
+        assert self.limiter is not None, "S3.limiter is set when the filesystem starts"
+        async with self.limiter:
+            self.stats[f"requests.{op}"] += 1
+            try:
+                return await self._aio.run_in_trio(self._guard(op, fn))
+            except errors.OcifsError:
+                self.stats[f"errors.{op}"] += 1
+                raise
+
+    async def _guard(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except errors.OcifsError:
+            raise
+        except Exception as exc:
+            raise translate(exc, op) from None
+
+    # --- requests -----------------------------------------------------------------------------
+    async def head(self, key: str) -> ObjectInfo:
+        async def go() -> ObjectInfo:
+            r = await self._client.head_object(Bucket=self.bucket, Key=key)
+            mtime, mode = _parse_meta(r.get("Metadata", {}), r["LastModified"])
+            return ObjectInfo(key, r["ContentLength"], mtime, r["ETag"], mode, True)
+
+        return await self.call("HeadObject", go)
+
+    async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes [start, end) of ``key``; raises unless exactly that many bytes arrive."""
+        want = end - start
+
+        async def go() -> bytes:
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
+            if etag:
+                kw["IfMatch"] = etag
+            r = await self._client.get_object(**kw)
+            async with r["Body"] as body:
+                data = await body.read()
+            if len(data) != want:
+                raise errors.RemoteError(
+                    f"GetObject {key} [{start},{end}): got {len(data)} bytes, expected {want}"
+                )
+            return data
+
+        data = await self.call("GetObject", go)
+        self.stats["bytes.in"] += len(data)
+        return data
+
+    async def list_page(
+        self, prefix: str, token: str | None = None, delimiter: str | None = "/", max_keys: int = 1000
+    ) -> ListPage:
+        async def go() -> ListPage:
+            kw: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Prefix": prefix,
+                "MaxKeys": max_keys,
+            }
+            if delimiter:
+                kw["Delimiter"] = delimiter
+            if token:
+                kw["ContinuationToken"] = token
+            r = await self._client.list_objects_v2(**kw)
+            # botocore asks for EncodingType=url itself and decodes Key/Prefix, so any byte a
+            # key holds survives XML; keys arrive as str.
+            prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+            objs = [
+                ObjectInfo(o["Key"], o["Size"], o["LastModified"].timestamp(), o.get("ETag", ""))
+                for o in r.get("Contents", [])
+            ]
+            return ListPage(prefixes, objs, r.get("NextContinuationToken") if r.get("IsTruncated") else None)
+
+        return await self.call("ListObjectsV2", go)
+
+    async def put(self, key: str, body: bytes, meta: dict[str, str]) -> str:
+        async def go() -> str:
+            r = await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=meta)
+            return r["ETag"]
+
+        etag = await self.call("PutObject", go)
+        self.stats["bytes.out"] += len(body)
+        return etag
+
+    async def create_multipart(self, key: str, meta: dict[str, str]) -> str:
+        async def go() -> str:
+            r = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=meta)
+            return r["UploadId"]
+
+        return await self.call("CreateMultipartUpload", go)
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+        async def go() -> str:
+            r = await self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            )
+            return r["ETag"]
+
+        etag = await self.call("UploadPart", go)
+        self.stats["bytes.out"] += len(body)
+        return etag
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        async def go() -> str:
+            r = await self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+            )
+            return r["ETag"]
+
+        return await self.call("CompleteMultipartUpload", go)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        async def go() -> None:
+            await self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+        try:
+            await self.call("AbortMultipartUpload", go)
+        except errors.NotFound:
+            pass
+
+    async def copy(self, src: str, dst: str, meta: dict[str, str]) -> str:
+        """Server-side copy with new metadata (also used as a metadata-only self-copy)."""
+
+        async def go() -> str:
+            r = await self._client.copy_object(
+                Bucket=self.bucket,
+                Key=dst,
+                CopySource={"Bucket": self.bucket, "Key": src},
+                Metadata=meta,
+                MetadataDirective="REPLACE",
+            )
+            return r["CopyObjectResult"]["ETag"]
+
+        return await self.call("CopyObject", go)
+
+    async def upload_part_copy(
+        self, src: str, dst: str, upload_id: str, number: int, start: int, end: int
+    ) -> str:
+        async def go() -> str:
+            r = await self._client.upload_part_copy(
+                Bucket=self.bucket,
+                Key=dst,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": src},
+                CopySourceRange=f"bytes={start}-{end - 1}",
+            )
+            return r["CopyPartResult"]["ETag"]
+
+        return await self.call("UploadPartCopy", go)
+
+    async def delete(self, key: str) -> None:
+        async def go() -> None:
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+
+        await self.call("DeleteObject", go)
