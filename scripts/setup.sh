@@ -13,7 +13,10 @@ MINIO_MOD=github.com/minio/minio
 MINIO_VER=v0.0.0-20260212201848-7aac2a2c5b7c
 ORAS_MOD=oras.land/oras/cmd/oras
 ORAS_VER=v1.3.6
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv)
+TOXIPROXY_MOD=github.com/Shopify/toxiproxy/v2/cmd/server
+TOXIPROXY_VER=v2.12.0
+# fuse3/libfuse3-dev: the mount; the rest are the real programs the tests and bench drive.
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv curl s3fs rclone skopeo umoci fio)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -38,23 +41,27 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.ocifs-deps-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -e "$stamp" ]; then
-    log "pip install -e .[test]"
-    .venv/bin/pip install -q -e '.[test]'
+    log "pip install -e .[test,bench]"
+    .venv/bin/pip install -q -e '.[test,bench]' >.venv/pip-install.log 2>&1 || { cat .venv/pip-install.log; exit 1; }
     rm -f .venv/.ocifs-deps-*; touch "$stamp"
 fi
 
 # --- pinned Go tools ---------------------------------------------------------
-go_tool() {  # name module version
-    local name=$1 mod=$2 ver=$3 stampf="$TOOLS/.$1.version"
+go_tool() {  # name module version [binary name go install produces]
+    local name=$1 mod=$2 ver=$3 built=${4:-$1} stampf="$TOOLS/.$1.version"
     if [ -x "$TOOLS/$name" ] && [ "$(cat "$stampf" 2>/dev/null)" = "$mod@$ver" ]; then
         return
     fi
     command -v go >/dev/null || { log "go is required to build $name ($mod@$ver)"; exit 1; }
     log "go install $mod@$ver"
-    GOBIN="$TOOLS" GOFLAGS=-mod=mod go install "$mod@$ver"
+    local tmp; tmp=$(mktemp -d)
+    GOBIN="$tmp" GOFLAGS=-mod=mod go install "$mod@$ver"
+    mv -f "$tmp/$built" "$TOOLS/$name"
+    rm -rf "$tmp"
     echo "$mod@$ver" >"$stampf"
 }
 go_tool oras  "$ORAS_MOD"  "$ORAS_VER"
 go_tool minio "$MINIO_MOD" "$MINIO_VER"
+go_tool toxiproxy-server "$TOXIPROXY_MOD" "$TOXIPROXY_VER" server
 
 log "ready: .venv and $(ls "$TOOLS" | tr '\n' ' ')"
