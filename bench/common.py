@@ -315,36 +315,32 @@ def start_minio(workdir: Path) -> MinioServer:
 
 
 def minio_metrics(direct_url: str) -> dict[str, float]:
-    """MinIO's cluster S3 counters: requests per API and bytes in/out.
+    """MinIO's live S3 counters (metrics v3; the v2 cluster endpoint is cached for ~10 s).
 
-    Keys: ``req:<api>`` (minio_s3_requests_total), ``rx_bytes`` and ``tx_bytes``
-    (minio_s3_traffic_received/sent_bytes).
+    Keys: ``req:<Api>`` (minio_api_requests_total), ``rx_bytes`` / ``tx_bytes`` (bytes MinIO
+    received / sent in S3 requests and responses).
     """
     out: dict[str, float] = {}
     try:
-        with urllib.request.urlopen(direct_url + "/minio/v2/metrics/cluster", timeout=10) as r:
+        with urllib.request.urlopen(direct_url + "/minio/metrics/v3/api/requests", timeout=10) as r:
             text = r.read().decode()
     except (urllib.error.URLError, OSError):
         return out
     for line in text.splitlines():
-        if not line or line.startswith("#"):
+        if not line or line.startswith("#") or 'type="s3"' not in line:
             continue
         name, _, rest = line.partition("{")
-        if not rest:
-            name, _, val = line.partition(" ")
-            labels = ""
-        else:
-            labels, _, val = rest.partition("} ")
+        labels, _, val = rest.partition("} ")
         try:
             v = float(val.split()[0])
         except (ValueError, IndexError):
             continue
-        if name == "minio_s3_requests_total":
-            api = _label(labels, "api")
+        if name == "minio_api_requests_total":
+            api = _label(labels, "name")
             out[f"req:{api}"] = out.get(f"req:{api}", 0) + v
-        elif name == "minio_s3_traffic_received_bytes":
+        elif name == "minio_api_requests_traffic_received_bytes":
             out["rx_bytes"] = out.get("rx_bytes", 0) + v
-        elif name == "minio_s3_traffic_sent_bytes":
+        elif name == "minio_api_requests_traffic_sent_bytes":
             out["tx_bytes"] = out.get("tx_bytes", 0) + v
     return out
 

@@ -140,3 +140,45 @@ def download_sha256(ep: Endpoint, bucket: str, key: str, part_size: int, concurr
 
     t = asyncio.run(_download(ep, bucket, key, part_size, concurrency, sink))
     return t, h.hexdigest()
+
+
+def download_file(ep: Endpoint, bucket: str, key: str, path: str, part_size: int, concurrency: int) -> Transfer:
+    """Ranged parallel GETs written into a local file with pwrite (what a pull does)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        def sink(start: int, data: bytes) -> bool:
+            os.pwrite(fd, data, start)
+            return True
+
+        return asyncio.run(_download(ep, bucket, key, part_size, concurrency, sink))
+    finally:
+        os.close(fd)
+
+
+async def _randread(ep, bucket, key, size, block, seconds, seed):
+    import random
+    import time
+
+    from aiobotocore.session import get_session
+
+    rnd = random.Random(seed)
+    nblocks = size // block
+    n = 0
+    async with _client_ctx(get_session(), ep, 1) as c:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            off = rnd.randrange(nblocks) * block
+            r = await c.get_object(Bucket=bucket, Key=key, Range=f"bytes={off}-{off + block - 1}")
+            async with r["Body"] as body:
+                data = await body.read()
+            if len(data) != block:
+                return Transfer(time.perf_counter() - t0, n * block, False, f"short ranged GET at {off}")
+            n += 1
+        return Transfer(time.perf_counter() - t0, n * block, True, f"{n} reads")
+
+
+def randread(ep: Endpoint, bucket: str, key: str, size: int, block: int, seconds: float, seed: int = 1) -> Transfer:
+    """One ranged GET of ``block`` bytes at a time (queue depth 1, like fio psync), for ``seconds``."""
+    return asyncio.run(_randread(ep, bucket, key, size, block, seconds, seed))

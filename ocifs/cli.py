@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-readahead", type=_positive(int, 1), default=128, metavar="MIB", help="read-ahead ceiling per file (default 128)")
     m.add_argument("--metadata-ttl", type=_positive(float, 0), default=1.0, metavar="SECONDS", help="revalidate mutable files after (default 1)")
     m.add_argument("--op-timeout", type=_positive(float, 1), default=300.0, metavar="SECONDS", help="EIO after (default 300)")
+    m.add_argument("--verify-reads", action="store_true", help="check blob digests when read front to back (EIO on mismatch)")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     m.add_argument("--log-file", type=Path, default=None, help="log here (default: stderr in foreground, <cache-dir>/ocifs.log otherwise)")
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("umount", help="flush pending uploads and unmount", description="Unmount MOUNTPOINT after pending uploads are published.")
     u.add_argument("mountpoint", type=Path)
     u.add_argument("--timeout", type=_positive(float, 1), default=600.0, metavar="SECONDS", help="wait this long for the daemon (default 600)")
+    st = sub.add_parser("stats", help="print a mount's live counters", description="Print the live counters of the ocifs mount at MOUNTPOINT (Prometheus text).")
+    st.add_argument("mountpoint", type=Path)
+    st.add_argument("--watch", action="store_true", help="refresh every --interval seconds, with rates")
+    st.add_argument("--interval", type=_positive(float, 0.1), default=1.0, metavar="SECONDS")
     return p
 
 
@@ -125,6 +130,7 @@ def config_from_args(a: argparse.Namespace, mountpoint: Path) -> Config:
         max_readahead=a.max_readahead * MiB,
         metadata_ttl=a.metadata_ttl,
         op_timeout=a.op_timeout,
+        verify_reads=a.verify_reads,
         log_level=a.log_level,
         log_file=a.log_file,
     )
@@ -203,6 +209,34 @@ def cmd_umount(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(a: argparse.Namespace) -> int:
+    import time
+
+    from ocifs import metrics, mount
+
+    sock = mount.stats_socket(Path(os.path.abspath(a.mountpoint)))
+    try:
+        text = metrics.fetch(sock)
+    except OSError as exc:
+        raise errors.OcifsError(f"no ocifs mount answers at {a.mountpoint} ({exc.strerror or exc})") from None
+    if not a.watch:
+        sys.stdout.write(text)
+        return 0
+    prev, t_prev = metrics.parse(text), time.monotonic()
+    while True:
+        time.sleep(a.interval)
+        cur, now = metrics.parse(metrics.fetch(sock)), time.monotonic()
+        dt = now - t_prev
+        lines = [time.strftime("%H:%M:%S")]
+        for name in sorted(cur):
+            rate = (cur[name] - prev.get(name, 0)) / dt
+            extra = f"  ({rate:,.1f}/s)" if "total" in name and rate else ""
+            lines.append(f"  {name} {cur[name]:,.0f}{extra}")
+        sys.stdout.write("\x1b[2J\x1b[H" + "\n".join(lines) + "\n" if sys.stdout.isatty() else "\n".join(lines) + "\n")
+        sys.stdout.flush()
+        prev, t_prev = cur, now
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else argv
@@ -210,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         a.argv = argv
         if a.command == "mount":
             return cmd_mount(a)
+        if a.command == "stats":
+            return cmd_stats(a)
         return cmd_umount(a)
     except UsageError as exc:
         print(f"ocifs: {exc}", file=sys.stderr)

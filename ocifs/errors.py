@@ -60,6 +60,16 @@ class InvalidName(OcifsError):
     errno = errno.EINVAL
 
 
+class DigestMismatch(OcifsError):
+    """Content written to (or renamed to) blobs/<alg>/<hex> does not hash to <hex>."""
+
+    errno = errno.EBADMSG
+
+
+class PreconditionFailed(OcifsError):
+    """A conditional write lost a race (the object changed since we read it)."""
+
+
 class RemoteError(OcifsError):
     """S3 failed (after retries) or answered something we cannot use."""
 

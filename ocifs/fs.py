@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import logging
 import os
 import stat
@@ -22,9 +23,10 @@ import trio
 from ocifs import errors
 from ocifs.cache import ChunkCache
 from ocifs.config import MiB, Config
-from ocifs.layout import is_blob_path, join, name_to_str, parent_of
+from ocifs.layout import ingest_target, is_blob_path, is_index, join, name_to_str, parent_of
 from ocifs.namespace import ROOT_INODE, Namespace, Node, uid_gid
 from ocifs.prefetch import ReadAhead
+from ocifs.publish import Publisher
 from ocifs.s3 import S3
 from ocifs.upload import WriteSession
 
@@ -33,9 +35,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# S3 takes at most 5 GiB in one CopyObject; bigger objects are copied part by part.
-MAX_SINGLE_COPY = 5 * 1024 * MiB
-COPY_PART = 512 * MiB
 IMMUTABLE_TIMEOUT = 3600.0
 # st_blksize: callers size their buffers by it (Python's io does); 1 MiB means 1 MiB FUSE
 # requests instead of 4 KiB ones for readers of direct-I/O files.
@@ -74,11 +73,16 @@ def fuse_op(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 class Handle:
     """One open file: which version it reads and how it reads ahead."""
 
-    __slots__ = ("node", "writer", "key", "etag", "size", "readahead")
+    __slots__ = ("node", "writer", "key", "etag", "size", "readahead", "pid", "session", "verify")
 
-    def __init__(self, node: Node, writer: bool, key: str, readahead: ReadAhead) -> None:
+    def __init__(self, node: Node, writer: bool, key: str, readahead: ReadAhead, pid: int | None) -> None:
         self.node = node
         self.writer = writer
+        self.pid = pid  # the opening process (thread group), for index.json bases
+        # index.json rewritten with O_TRUNC: this handle's own staging, published (merged) at
+        # close, so concurrent rewriters never mix their bytes.
+        self.session: WriteSession | None = None
+        self.verify: "hashlib._Hash | None" = None  # --verify-reads: sequential hash of a blob
         # The committed version this handle reads when it does not read the staging copy.
         self.key = key
         self.etag = node.etag
@@ -105,12 +109,15 @@ class Operations(pyfuse3.Operations):
         self.s3 = s3
         self.ns = Namespace(cfg, s3)
         self.cache = ChunkCache(cfg.cache_size, cfg.chunk_size)
+        self.publisher = Publisher(cfg, s3, self.ns, self.cache)
         self.uid, self.gid = uid_gid()
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._locks: dict[int, trio.Lock] = {}
         self._markers: set[str] = set()  # directories whose marker object we know exists
+        self._tgids: dict[int, int] = {}
+        self._verify_pos: dict[int, int] = {}
         self.nursery: trio.Nursery | None = None
         # Read-ahead never plans more than half the cache per file, or it evicts itself.
         self._max_window = max(cfg.chunk_size, min(cfg.max_readahead, cfg.cache_size // 2))
@@ -126,6 +133,27 @@ class Operations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         return fh
+
+    def _tgid(self, ctx: pyfuse3.RequestContext | None) -> int | None:
+        """The process (thread group) behind a request: FUSE reports the thread id."""
+        if ctx is None or not ctx.pid:
+            return None
+        pid = ctx.pid
+        tgid = self._tgids.get(pid)
+        if tgid is None:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("Tgid:"):
+                            tgid = int(line.split()[1])
+                            break
+            except OSError:
+                pass
+            tgid = tgid or pid
+            if len(self._tgids) > 4096:
+                self._tgids.clear()
+            self._tgids[pid] = tgid
+        return tgid
 
     def _check_writable(self) -> None:
         if self.cfg.read_only:
@@ -163,16 +191,19 @@ class Operations(pyfuse3.Operations):
         parent = self.ns.get(parent_inode)
         return await self.ns.lookup(parent, name_to_str(name))
 
-    async def _lookup_or_none(self, parent_inode: int, name: bytes) -> Node | None:
-        try:
-            return await self._lookup(parent_inode, name)
-        except errors.NotFound:
-            return None
-
     # --- metadata -------------------------------------------------------------------------
     @fuse_op
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        node = await self._lookup(parent_inode, name)
+        try:
+            node = await self._lookup(parent_inode, name)
+        except errors.NotFound:
+            # A negative entry the kernel may cache for the metadata TTL: existence checks
+            # (oras stats every blob before pushing it) then cost one S3 round trip, not many.
+            # This mount's own create/mkdir/rename replace it at once.
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = self.cfg.metadata_ttl
+            return neg
         if not node.is_dir and not node.meta_known and node.session is None:
             await self.ns.revalidate(node)
         node.lookups += 1
@@ -215,10 +246,10 @@ class Operations(pyfuse3.Operations):
                 session.truncate(attr.st_size)
             node.mtime = time.time()
             if node.opens == 0:  # truncate(2) by path: publish now
-                await self._commit(node)
+                await self._commit(node, node.session)
                 await self._drop_session(node)
             return self.attrs(node)
-        if meta_changed and node.committed and (node.session is None or not node.session.dirty):
+        if meta_changed and node.committed and not is_blob_path(node.path) and (node.session is None or not node.session.dirty):
             # Metadata of a committed object only changes by a (server-side) self-copy.
             node.etag = await self.s3.copy(self.ns.key(node.path), self.ns.key(node.path), node.meta())
         return self.attrs(node)
@@ -264,14 +295,15 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable()
         parent = self.ns.get(parent_inode)
-        if await self._lookup_or_none(parent_inode, name) is not None:
-            raise errors.Exists(join(parent.path, name_to_str(name)))
         path = join(parent.path, name_to_str(name))
+        if path in self.ns.paths:  # the kernel's lookup just said no; only we know better
+            raise errors.Exists(path)
         await self.s3.put(self.ns.dir_key(path), b"", {})
         self._markers.add(path)
         node = self.ns.create_node(path, is_dir=True)
         node.mode = stat.S_IFDIR | stat.S_IMODE(mode)
         self.ns.note_added(node)
+        self.ns.note_empty_dir(path)
         node.lookups += 1
         return self.attrs(node)
 
@@ -316,7 +348,11 @@ class Operations(pyfuse3.Operations):
         self._check_writable()
         parent = self.ns.get(parent_inode)
         path = join(parent.path, name_to_str(name))
-        existing = await self._lookup_or_none(parent_inode, name)
+        # The kernel looked the name up just before calling create: only this mount's own
+        # newer state can contradict it, so no S3 round trip here.
+        existing = self.ns.paths.get(path)
+        if existing is not None and existing.unlinked:
+            existing = None
         if existing is not None:
             if flags & os.O_EXCL:
                 raise errors.Exists(path)
@@ -324,16 +360,21 @@ class Operations(pyfuse3.Operations):
                 raise errors.IsADirectory(path)
             # Created by another mount since the kernel looked: open it like O_CREAT|O_TRUNC.
             existing.lookups += 1
-            fi = await self._open(existing, flags | os.O_TRUNC)
+            fi = await self._open(existing, flags | os.O_TRUNC, ctx)
             return fi, self.attrs(existing)
         node = self.ns.create_node(path, is_dir=False)
         node.mode = stat.S_IFREG | stat.S_IMODE(mode)
         node.committed = False
         node.meta_known = True
-        node.session = self._new_session(node, size=0, private=False)
+        if not is_index(path):  # index.json gets a per-handle session in _open
+            node.session = self._new_session(node, size=0, private=False)
+            target = ingest_target(path)
+            if target is not None:
+                # Zero-copy: stream straight to the blob key the rename will give it.
+                node.session.target = node.session.key = self.ns.key(target)
         node.lookups += 1
         self.ns.note_added(node)
-        fi = await self._open(node, flags)
+        fi = await self._open(node, flags | (os.O_TRUNC if is_index(path) else 0), ctx)
         return fi, self.attrs(node)
 
     @fuse_op
@@ -341,21 +382,32 @@ class Operations(pyfuse3.Operations):
         node = self.ns.get(inode)
         if node.is_dir:
             raise errors.IsADirectory(node.path)
-        return await self._open(node, flags)
+        return await self._open(node, flags, ctx)
 
-    async def _open(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+    async def _open(self, node: Node, flags: int, ctx: pyfuse3.RequestContext | None) -> pyfuse3.FileInfo:
         writer = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
         if writer:
             self._check_writable()
-        if writer and flags & os.O_TRUNC:
+        pid = self._tgid(ctx)
+        own: WriteSession | None = None
+        if writer and flags & os.O_TRUNC and is_index(node.path):
+            own = self._new_session(node, 0, private=True)
+        elif writer and flags & os.O_TRUNC:
             async with self._lock(node):
                 session = await self._session_for_write(node, truncate=True)
                 session.truncate(0)
             node.mtime = time.time()
         elif node.session is None:
             await self.ns.revalidate(node)
+            if is_index(node.path) and node.committed and not writer:
+                # Remember what this process read: the base of its next rewrite.
+                content = await self._read_all(node)
+                self.publisher.record_index_read(pid, node, content)
         ra = ReadAhead(self.cfg.chunk_size, self.cfg.chunk_size, self._max_window)
-        handle = Handle(node, writer, self.ns.key(node.path), ra)
+        handle = Handle(node, writer, self.ns.key(node.path), ra, pid)
+        handle.session = own
+        if self.cfg.verify_reads and is_blob_path(node.path) and node.session is None:
+            handle.verify = hashlib.new(node.path.rsplit("/", 2)[-2])
         fh = self._new_fh()
         self._handles[fh] = handle
         node.opens += 1
@@ -420,15 +472,43 @@ class Operations(pyfuse3.Operations):
 
         return await self.cache.get((key, etag, idx), size, fetch)
 
+    async def _read_all(self, node: Node) -> bytes:
+        key, cs = self.ns.key(node.path), self.cfg.chunk_size
+        parts = [await self._chunk(key, node.etag, node.size, i) for i in range(-(-node.size // cs))]
+        return b"".join(parts)
+
     @fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handles[fh]
         node = h.node
-        session = node.session
-        if session is not None and (h.writer or not session.private):
+        session = h.session or node.session
+        if session is not None and (h.session is not None or h.writer or not session.private):
             n = max(0, min(size, session.size - off))
             return session.staging.pread(n, off) if n else b""
-        return await self._read_committed(h, off, size)
+        data = await self._read_committed(h, off, size)
+        if h.verify is not None:
+            self._verify_read(h, off, data)
+        return data
+
+    def _verify_read(self, h: Handle, off: int, data: bytes) -> None:
+        """--verify-reads: hash a blob read front to back; a mismatch at EOF is EIO."""
+        assert h.verify is not None
+        pos = self._verify_pos.get(id(h), 0)
+        if off != pos:
+            h.verify = None  # not a front-to-back reader: nothing to check
+            self._verify_pos.pop(id(h), None)
+            return
+        h.verify.update(data)
+        pos += len(data)
+        self._verify_pos[id(h)] = pos
+        if pos >= h.size:
+            want = h.node.path.rsplit("/", 1)[-1]
+            got = h.verify.hexdigest()
+            h.verify = None
+            self._verify_pos.pop(id(h), None)
+            if got != want:
+                log.error("blob %s read from S3 hashes to %s: corrupt object", h.key, got)
+                raise errors.RemoteError(f"{h.key}: content does not match its digest")
 
     async def _read_committed(self, h: Handle, off: int, size: int) -> bytes:
         end = min(off + size, h.size)
@@ -459,6 +539,9 @@ class Operations(pyfuse3.Operations):
         h = self._handles[fh]
         node = h.node
         self._check_writable()
+        if h.session is not None:
+            await h.session.write(off, buf, node.meta())
+            return len(buf)
         async with self._lock(node):
             session = await self._session_for_write(node, truncate=False)
             await session.write(off, buf, node.meta())
@@ -468,50 +551,49 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def flush(self, fh: int) -> None:
-        await self._commit(self._handles[fh].node)
+        h = self._handles[fh]
+        await self._commit(h.node, h.session or h.node.session, h.pid)
 
     @fuse_op
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._commit(self._handles[fh].node)
+        h = self._handles[fh]
+        await self._commit(h.node, h.session or h.node.session, h.pid, durable=True)
 
-    async def _commit(self, node: Node) -> None:
-        """Publish the node's pending writes (close, fsync): errors reach the caller."""
-        session = node.session
-        if session is None or not session.dirty or node.unlinked:
+    async def _commit(self, node: Node, session: WriteSession | None, pid: int | None = None, durable: bool = False) -> None:
+        """Publish pending writes (close, fsync): errors reach the caller."""
+        if session is None or node.unlinked or not (session.dirty and (durable or not session.sealed)):
             return
         async with self._lock(node):
-            if not session.dirty or node.unlinked:
+            if node.unlinked or not session.dirty or (session.sealed and not durable):
                 return
-            key = self.ns.key(node.path)
-            session.key = key
-            etag, size, mtime = await session.commit(node.meta())
-            node.etag, node.size, node.committed = etag, size, True
-            node.explicit_mtime = False
-            session.private = False
-            if mtime is None:  # multipart: S3's LastModified is the mtime
-                node.mtime = (await self.s3.head(key)).mtime
-            else:
-                node.mtime = mtime
-            node.meta_known = True
-            node.fetched = time.monotonic()
-            self.ns.note_added(node)
-            if size <= self.cfg.chunk_size:
-                # Readers right after a write (oras re-reads manifests) hit memory.
-                self.cache.put((key, etag, 0), session.staging.pread(size, 0))
-            log.debug("committed %s (%d bytes)", key, size)
+            await self.publisher.commit(node, session, pid, durable)
 
     @fuse_op
     async def release(self, fh: int) -> None:
         h = self._handles.pop(fh)
+        self._verify_pos.pop(id(h), None)
         node = h.node
         try:
-            if node.opens <= 1 and node.session is not None:
-                if node.session.dirty and not node.unlinked:
+            if h.session is not None:
+                try:
+                    await self._commit(node, h.session, h.pid)
+                except errors.OcifsError as exc:
+                    log.error("discarding unpublished rewrite of %s: %s", node.path, exc)
+                with trio.CancelScope(shield=True):
+                    await h.session.discard()
+            session = node.session
+            if node.opens <= 1 and session is not None:
+                if session.dirty and not node.unlinked:
                     try:
-                        await self._commit(node)
+                        await self._commit(node, session, h.pid)
                     except errors.OcifsError as exc:
                         log.error("discarding unpublished writes to %s: %s", node.path, exc)
-                await self._drop_session(node)
+                if session.dirty and session.sealed and not node.unlinked:
+                    log.debug("%s sealed; waiting for its rename", node.path)  # zero-copy: parked
+                else:
+                    await self._drop_session(node)
+                    if not node.committed and not node.unlinked:
+                        self.ns.remove(node)  # never published: it does not exist
         finally:
             self.ns.release_open(node)
 
@@ -555,7 +637,8 @@ class Operations(pyfuse3.Operations):
         if src.is_dir:
             # Directory renames would copy every object below; callers fall back on EXDEV.
             raise errors.OcifsError("directory rename is not supported", err=errno.EXDEV)
-        target = await self._lookup_or_none(parent_inode_new, name_new)
+        # The kernel looked the target up already; a name it found is in our table.
+        target = self.ns.paths.get(new_path)
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise errors.Exists(new_path)
@@ -564,57 +647,14 @@ class Operations(pyfuse3.Operations):
             if target is src:
                 return
         async with self._lock(src):
-            await self._move_object(src, new_path)
+            await self.publisher.move(src, new_path, self._tgid(ctx))
+        if src.session is not None and src.opens == 0 and not src.session.dirty:
+            await self._drop_session(src)
         if target is not None and target.session is not None and target.opens == 0:
             await self._drop_session(target)
         old_parent = parent_of(src.path)
         await self._keep_dir(old_parent)
         self.ns.move(src, new_path)
-
-    async def _move_object(self, src: Node, new_path: str) -> None:
-        """Make the object for ``src`` live at ``new_path`` (node lock held)."""
-        old_key, new_key = self.ns.key(src.path), self.ns.key(new_path)
-        session = src.session
-        if session is not None and session.dirty and not session.streaming:
-            # Nothing sent yet: the pending commit simply publishes at the new key.
-            session.key = new_key
-            if src.committed:
-                await self.s3.delete(old_key)
-                src.committed = False
-            return
-        if session is not None and session.dirty:
-            # A multipart upload to the old key is under way: finish it, then move it.
-            session.key = old_key
-            etag, size, mtime = await session.commit(src.meta())
-            src.etag, src.size, src.committed = etag, size, True
-            session.private = False
-            if mtime is not None:
-                src.mtime = mtime
-        if src.committed:
-            src.etag = await self._server_copy(old_key, new_key, src.size, src.meta())
-            await self.s3.delete(old_key)
-            self.cache.invalidate_key(old_key)
-        if session is not None:
-            session.key = new_key
-
-    async def _server_copy(self, src: str, dst: str, size: int, meta: dict[str, str]) -> str:
-        if size <= MAX_SINGLE_COPY:
-            return await self.s3.copy(src, dst, meta)
-        upload_id = await self.s3.create_multipart(dst, meta)
-        etags: dict[int, str] = {}
-
-        async def part(n: int, start: int, end: int) -> None:
-            etags[n] = await self.s3.upload_part_copy(src, dst, upload_id, n, start, end)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                for n, start in enumerate(range(0, size, COPY_PART), 1):
-                    nursery.start_soon(part, n, start, min(start + COPY_PART, size))
-            return await self.s3.complete_multipart(dst, upload_id, sorted(etags.items()))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.s3.abort_multipart(dst, upload_id)
-            raise
 
     # --- lifecycle ------------------------------------------------------------------------
     async def flush_all(self) -> None:
@@ -622,10 +662,22 @@ class Operations(pyfuse3.Operations):
         for node in list(self.ns.nodes.values()):
             if node.session is not None:
                 try:
-                    await self._commit(node)
+                    await self._commit(node, node.session, durable=True)
                 except errors.OcifsError as exc:
                     log.error("could not publish %s at unmount: %s", node.path, exc)
                 await self._drop_session(node)
+
+    def counters(self) -> dict[str, float]:
+        """Everything `ocifs stats` shows (see metrics.render for the names)."""
+        out: dict[str, float] = dict(self.s3.stats)
+        out["cache.hits"] = self.cache.hits
+        out["cache.misses"] = self.cache.misses
+        out["cache.bytes"] = self.cache.current_bytes
+        out["open.files"] = len(self._handles)
+        out["inodes"] = len(self.ns.nodes)
+        out["uploads.active"] = sum(1 for n in self.ns.nodes.values() if n.session is not None and n.session.dirty)
+        out["readahead.window_bytes"] = max((h.readahead.window for h in self._handles.values()), default=0)
+        return out
 
     def root(self) -> Node:
         return self.ns.get(ROOT_INODE)

@@ -6,6 +6,10 @@ import re
 
 # blobs/<alg>/<hex>: content-addressed, so immutable once committed.
 _BLOB_RE = re.compile(r"(?:^|/)blobs/(sha256/[0-9a-f]{64}|sha512/[0-9a-f]{128})$")
+# oras-go writes a blob to <layout>/ingest/<hex>_<random digits> (os.CreateTemp(ingest,
+# hex+"_*")) and renames it to <layout>/blobs/<alg>/<hex>: the final name is in the temp name.
+_INGEST_RE = re.compile(r"^(?:(.*)/)?ingest/([0-9a-f]{64}|[0-9a-f]{128})_[0-9]+$")
+_HEX_ALG = {64: "sha256", 128: "sha512"}
 
 NAME_MAX = 255
 
@@ -13,6 +17,30 @@ NAME_MAX = 255
 def is_blob_path(path: str) -> bool:
     """True for ``.../blobs/sha256/<64 hex>`` and ``.../blobs/sha512/<128 hex>``."""
     return _BLOB_RE.search(path) is not None
+
+
+def blob_digest(path: str) -> tuple[str, str] | None:
+    """(alg, hex) for a blob path, else None."""
+    m = _BLOB_RE.search(path)
+    if m is None:
+        return None
+    alg, _, hexd = m.group(1).partition("/")
+    return alg, hexd
+
+
+def ingest_target(path: str) -> str | None:
+    """The blob path an oras ingest file is destined for (``None`` for other paths)."""
+    m = _INGEST_RE.match(path)
+    if m is None:
+        return None
+    root, hexd = m.group(1), m.group(2)
+    blob = f"blobs/{_HEX_ALG[len(hexd)]}/{hexd}"
+    return f"{root}/{blob}" if root else blob
+
+
+def is_index(path: str) -> bool:
+    """An OCI layout's ``index.json``: rewritten in place, merged on conflict."""
+    return path == "index.json" or path.endswith("/index.json")
 
 
 def join(parent: str, name: str) -> str:

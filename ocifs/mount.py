@@ -14,7 +14,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from ocifs import errors
+from ocifs import errors, metrics
 from ocifs.config import Config
 from ocifs.fs import Operations
 from ocifs.s3 import S3
@@ -39,6 +39,10 @@ def runtime_dir() -> Path:
 def pid_file(mountpoint: Path) -> Path:
     digest = hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16]
     return runtime_dir() / f"{digest}.pid"
+
+
+def stats_socket(mountpoint: Path) -> Path:
+    return pid_file(mountpoint).with_suffix(".sock")
 
 
 def mounted_paths() -> dict[str, str]:
@@ -127,7 +131,10 @@ async def _serve(ops: Operations, s3: S3, cfg: Config, mountpoint: Path, ready_f
     s3.limiter = trio.CapacityLimiter(cfg.concurrency)
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
+        if not cfg.read_only:
+            await ops.publisher.probe_conditional_writes()
         nursery.start_soon(_on_signals)
+        nursery.start_soon(metrics.serve, stats_socket(mountpoint), ops.counters)
         nursery.start_soon(_announce_ready, mountpoint, ready_fd)
         await pyfuse3.main()
         log.info("FUSE loop ended; publishing pending writes")

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 DEFAULT_FILE_MODE = stat.S_IFREG | 0o644
 DEFAULT_DIR_MODE = stat.S_IFDIR | 0o755
+BLOB_MODE = stat.S_IFREG | 0o444
 
 
 class Node:
@@ -52,6 +53,8 @@ class Node:
         "committed",
         "unlinked",
         "explicit_mtime",
+        "sha256",
+        "index_base",
     )
 
     def __init__(self, inode: int, path: str, is_dir: bool) -> None:
@@ -60,7 +63,7 @@ class Node:
         self.is_dir = is_dir
         self.size = 0
         self.mtime = time.time()
-        self.mode = DEFAULT_DIR_MODE if is_dir else DEFAULT_FILE_MODE
+        self.mode = DEFAULT_DIR_MODE if is_dir else BLOB_MODE if is_blob_path(path) else DEFAULT_FILE_MODE
         self.etag = ""  # of the committed object ("" when nothing is committed)
         self.meta_known = True
         self.fetched = time.monotonic()
@@ -70,6 +73,9 @@ class Node:
         self.committed = False  # an object exists at the node's key
         self.unlinked = False
         self.explicit_mtime = False  # mtime was set by utimens: store it as metadata
+        self.sha256: str | None = None  # of the committed content, when this mount wrote it
+        # index.json only: (etag, bytes) of the version this mount last read or published.
+        self.index_base: tuple[str, bytes] | None = None
 
     @property
     def immutable(self) -> bool:
@@ -79,12 +85,16 @@ class Node:
         """Take attributes from S3 (only for a node with no local write in progress)."""
         if info.etag != self.etag:
             self.meta_known = False
+            self.sha256 = None
         self.size = info.size
         self.etag = info.etag
         self.committed = True
         if info.meta_known:
             self.mtime = info.mtime
-            self.mode = stat.S_IFREG | stat.S_IMODE(info.mode) if info.mode is not None else DEFAULT_FILE_MODE
+            if info.mode is not None:
+                self.mode = stat.S_IFREG | stat.S_IMODE(info.mode)
+            else:
+                self.mode = BLOB_MODE if is_blob_path(self.path) else DEFAULT_FILE_MODE
             self.meta_known = True
             self.explicit_mtime = False
         elif not self.meta_known:
@@ -92,7 +102,16 @@ class Node:
         self.fetched = time.monotonic()
 
     def meta(self) -> dict[str, str]:
-        """User metadata stored with the object (s3fs-compatible names)."""
+        return self.meta_for(self.path)
+
+    def meta_for(self, path: str) -> dict[str, str]:
+        """User metadata stored with the object at ``path`` (s3fs-compatible names).
+
+        Blobs carry none: they are immutable, shown as 0444, and their upload may begin before
+        the client's chmod (metadata could then only be fixed by copying the object).
+        """
+        if is_blob_path(path):
+            return {}
         m = {"mode": str(self.mode)}
         if self.explicit_mtime:
             m["mtime"] = f"{self.mtime:.6f}"
@@ -185,7 +204,7 @@ class Namespace:
 
     # --- freshness --------------------------------------------------------------------------
     def is_fresh(self, node: Node) -> bool:
-        if node.is_dir or node.session is not None or node.immutable:
+        if node.is_dir or node.session is not None or node.immutable or not node.committed:
             return True
         return time.monotonic() - node.fetched < self.cfg.metadata_ttl
 
@@ -212,6 +231,7 @@ class Namespace:
 
     async def _probe(self, path: str) -> Node:
         """Ask S3 whether ``path`` is a file, a directory, or nothing (HEAD + LIST at once)."""
+        log.debug("probe %s", path)
         head: ObjectInfo | None = None
         is_dir = False
 
@@ -322,6 +342,10 @@ class Namespace:
                 listing.entries[name] = ObjectInfo(self.key(node.path), node.size, node.mtime, node.etag)
             else:
                 listing.entries.pop(name, None)  # shown from the pending session instead
+
+    def note_empty_dir(self, path: str) -> None:
+        """A directory this mount just created: its (empty) listing is known."""
+        self._listings[path] = _Listing({})
 
     def note_removed(self, path: str) -> None:
         listing = self._listings.get(parent_of(path))

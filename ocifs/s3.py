@@ -132,8 +132,10 @@ def translate(exc: BaseException, what: str) -> errors.OcifsError:
             return errors.NotFound(f"{what}: {msg}")
         if code in _DENIED or status == "403":
             return errors.AccessDenied(f"{what}: access denied ({code})")
-        if code in _PRECONDITION or status == "412":
-            return errors.RemoteError(f"{what}: object changed while reading ({code})")
+        if code in _PRECONDITION or status == "412" or code == "ConditionalRequestConflict":
+            return errors.PreconditionFailed(f"{what}: object changed ({code})")
+        if code == "NotImplemented" or status == "501":
+            return errors.Unsupported(f"{what}: not implemented by this endpoint ({code})")
         if code == "NoSuchBucket":
             return errors.BucketError(f"{what}: no such bucket")
         return errors.RemoteError(f"{what}: {code or status}: {msg}")
@@ -254,6 +256,38 @@ class S3:
 
         return await self.call("HeadObject", go)
 
+    async def get(self, key: str) -> tuple[str, bytes]:
+        """A whole (small) object and its ETag."""
+
+        async def go() -> tuple[str, bytes]:
+            r = await self._client.get_object(Bucket=self.bucket, Key=key)
+            async with r["Body"] as body:
+                data = await body.read()
+            if len(data) != r["ContentLength"]:
+                raise errors.RemoteError(f"GetObject {key}: short body")
+            return r["ETag"], data
+
+        etag, data = await self.call("GetObject", go)
+        self.stats["bytes.in"] += len(data)
+        return etag, data
+
+    async def list_multipart(self, prefix: str) -> list[tuple[str, str, float]]:
+        """Incomplete multipart uploads under ``prefix``: (key, upload id, initiated)."""
+
+        async def go() -> list[tuple[str, str, float]]:
+            out: list[tuple[str, str, float]] = []
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            while True:
+                r = await self._client.list_multipart_uploads(**kw)
+                for u in r.get("Uploads", []):
+                    out.append((u["Key"], u["UploadId"], u["Initiated"].timestamp()))
+                if not r.get("IsTruncated"):
+                    return out
+                kw["KeyMarker"] = r.get("NextKeyMarker")
+                kw["UploadIdMarker"] = r.get("NextUploadIdMarker")
+
+        return await self.call("ListMultipartUploads", go)
+
     async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
         """Bytes [start, end) of ``key``; raises unless exactly that many bytes arrive."""
         want = end - start
@@ -300,9 +334,24 @@ class S3:
 
         return await self.call("ListObjectsV2", go)
 
-    async def put(self, key: str, body: bytes, meta: dict[str, str]) -> str:
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        meta: dict[str, str],
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """PUT an object; with ``if_match``/``if_none_match`` a conditional write (412 ->
+        PreconditionFailed)."""
+
         async def go() -> str:
-            r = await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=meta)
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body, "Metadata": meta}
+            if if_match:
+                kw["IfMatch"] = if_match
+            if if_none_match:
+                kw["IfNoneMatch"] = "*"
+            r = await self._client.put_object(**kw)
             return r["ETag"]
 
         etag = await self.call("PutObject", go)

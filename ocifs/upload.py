@@ -15,6 +15,7 @@ aborted.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -93,6 +94,13 @@ class WriteSession:
         # opens keep reading the committed version until the commit (atomic publish).
         self.private = private
         self.dirty = True
+        # Zero-copy commit: the key this file is streamed to before its final name exists
+        # (oras' ingest/<hex>_N -> blobs/<alg>/<hex>). Close only seals; the rename publishes.
+        self.target: str | None = None
+        self.sealed = False
+        # sha256 of bytes [0, _hashed), fed by forward writes; rewrites below invalidate it.
+        self._sha256: "hashlib._Hash | None" = hashlib.sha256()
+        self._hashed = 0
         self._inflight = trio.Semaphore(max_inflight)
         self._max_inflight = max_inflight
         self._idle = trio.Event()
@@ -121,6 +129,13 @@ class WriteSession:
         end = offset + len(data)
         self.size = max(self.size, end)
         self.dirty = True
+        self.sealed = False
+        if self._sha256 is not None:
+            if offset == self._hashed:
+                self._sha256.update(data)
+                self._hashed = end
+            elif offset < self._hashed:
+                self._sha256 = None
         if self._error is not None:
             return  # reported at commit
         first = offset // self.part_size + 1
@@ -133,6 +148,9 @@ class WriteSession:
 
     def truncate(self, size: int) -> None:
         self.staging.truncate(size)
+        self.sealed = False
+        if size < self._hashed:
+            self._sha256 = None
         if size < self.size:
             self._frontier = min(self._frontier, size)
             for n in self._sent:
@@ -191,8 +209,49 @@ class WriteSession:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    # --- digests ----------------------------------------------------------------------------
+    async def digest(self, alg: str) -> str:
+        """Hex digest of the staged content; sha256 mostly comes from the streaming hash."""
+        if alg == "sha256" and self._sha256 is not None:
+            h = self._sha256.copy()
+            start = self._hashed
+        else:
+            h = hashlib.new(alg)
+            start = 0
+        size = self.size
+
+        def finish() -> str:
+            pos = start
+            while pos < size:
+                block = self.staging.pread(min(8 << 20, size - pos), pos)
+                if not block:
+                    break
+                h.update(block)
+                pos += len(block)
+            return h.hexdigest()
+
+        if size - start <= 1 << 20:
+            return finish()
+        return await trio.to_thread.run_sync(finish)
+
     # --- commit -----------------------------------------------------------------------------
-    async def commit(self, meta: dict[str, str]) -> tuple[str, int, float | None]:
+    async def seal(self) -> None:
+        """Close of a zero-copy file: wait for its parts, publish nothing yet."""
+        await self.wait_idle()
+        if self._error is not None:
+            err = self._error
+            await self._abort()
+            raise err
+        self.sealed = True
+
+    async def commit(
+        self,
+        meta: dict[str, str],
+        expect: tuple[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        fix_meta: bool = True,
+    ) -> tuple[str, int, float | None]:
         """Publish the staged content at ``self.key``.
 
         Returns (etag, size, mtime); mtime is None when S3's LastModified is the file's mtime
@@ -203,28 +262,52 @@ class WriteSession:
         try:
             if self._error is not None:
                 raise self._error
+            if expect is not None:
+                alg, want = expect
+                got = await self.digest(alg)
+                if got != want:
+                    raise errors.DigestMismatch(
+                        f"refusing to publish {self.key}: content hashes to {alg}:{got}"
+                    )
             if self.upload_id is None and self.size <= self.part_size:
                 meta = dict(meta)
                 meta.setdefault("mtime", f"{now():.6f}")
                 body = self.staging.pread(self.size, 0)
-                etag = await self.s3.put(self.key, body, meta)
+                etag = await self.s3.put(self.key, body, meta, if_match, if_none_match)
                 result: tuple[str, int, float | None] = (etag, self.size, float(meta["mtime"]))
             else:
-                result = await self._complete(meta)
+                result = await self._complete(meta, fix_meta)
         except BaseException:
             await self._abort()
             raise
         self._reset_upload()
         self.dirty = False
+        self.sealed = False
+        self.target = None
         return result
 
-    async def _complete(self, meta: dict[str, str]) -> tuple[str, int, float | None]:
+    async def mark_published(self) -> None:
+        """The content was published by other means (index.json merge): forget the upload."""
+        await self.wait_idle()
+        await self._abort()
+        self.dirty = False
+        self.sealed = False
+        self.target = None
+
+    @property
+    def sha256_if_cheap(self) -> str | None:
+        """The content's sha256 when the streaming hash covers all of it."""
+        if self._sha256 is not None and self._hashed == self.size:
+            return self._sha256.hexdigest()
+        return None
+
+    async def _complete(self, meta: dict[str, str], fix_meta: bool = True) -> tuple[str, int, float | None]:
         size = self.size
         nparts = max(1, -(-size // self.part_size))
         if nparts > MAX_PARTS or (self.upload_key not in (None, self.key)):
             # Too many parts for this part size, or renamed mid-upload: start over in one go.
             await self._abort()
-            return await self._upload_whole(meta)
+            return await self._upload_whole(meta, fix_meta)
         await self._ensure_mpu(meta)
         assert self.upload_id is not None
         todo = []
@@ -239,20 +322,20 @@ class WriteSession:
         parts = [(n, self._parts[n][0]) for n in range(1, nparts + 1)]
         etag = await self.s3.complete_multipart(self.key, self.upload_id, parts)
         self.upload_id = None  # completed: nothing left to abort
-        if self.upload_meta != meta:
+        if fix_meta and self.upload_meta != meta:
             # Metadata changed after the upload began (chmod of an open file): S3 only takes
             # metadata at CreateMultipartUpload, so fix it with a server-side self-copy.
             etag = await self.s3.copy(self.key, self.key, meta)
         mtime = float(meta["mtime"]) if "mtime" in meta else None
         return etag, size, mtime
 
-    async def _upload_whole(self, meta: dict[str, str]) -> tuple[str, int, float | None]:
+    async def _upload_whole(self, meta: dict[str, str], fix_meta: bool) -> tuple[str, int, float | None]:
         self._reset_upload()
         part_size = self.part_size
         while -(-self.size // part_size) > MAX_PARTS:
             part_size *= 2
         self.part_size = part_size
-        return await self._complete(meta)
+        return await self._complete(meta, fix_meta)
 
     async def _send_parts(self, numbers: list[int]) -> None:
         async with trio.open_nursery() as nursery:

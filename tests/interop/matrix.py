@@ -1,0 +1,724 @@
+#!/usr/bin/env python3
+"""Verb-by-verb interop matrix: oras, skopeo and umoci on ocifs vs Debian's s3fs.
+
+Not a test: a script that starts its own MinIO (and docker-registry, if installed),
+mounts ONE bucket twice on the same MinIO — ocifs at s3://BUCKET/ocifs and s3fs at
+BUCKET:/s3fs — runs the same sequence of client commands on each mount, and writes a
+markdown table (tests/interop/RESULTS.md by default) with the exact commands.
+
+    .venv/bin/python tests/interop/matrix.py [--out FILE] [--only ocifs|s3fs]
+
+Every command has a timeout; a step fails on a non-zero exit or a failed check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / ".tools" / "bin"
+ORAS = TOOLS / "oras"
+MINIO = TOOLS / "minio"
+OCIFS = REPO / ".venv" / "bin" / "ocifs"
+USER, PASSWORD = "matrix", "matrix-secret-123"
+BUCKET = "interop-matrix"
+STEP_TIMEOUT = 300
+
+
+class StepFail(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(p) -> str:
+    return sha256(Path(p).read_bytes())
+
+
+def need(exe) -> str:
+    p = shutil.which(str(exe))
+    if not p:
+        sys.exit(f"required tool {exe} is missing: run `scripts/setup.sh` to install it")
+    return p
+
+
+# --------------------------------------------------------------------------- context
+
+
+class Ctx:
+    def __init__(self, name, mnt: Path, work: Path, img: Path, registry: str | None, remount):
+        self.name, self.mnt, self.work, self.img, self.registry = name, mnt, work, img, registry
+        self.remount = remount
+        self.cmds: list[str] = []
+        self.env = {**os.environ, "HOME": str(work / "home")}
+        (work / "home").mkdir(parents=True, exist_ok=True)
+        self.state: dict = {}
+
+    def show(self, args) -> str:
+        s = " ".join(str(a) for a in args)
+        s = s.replace(str(self.mnt), "$MNT").replace(str(self.img), "$IMG")
+        s = s.replace(str(self.work), "$WORK").replace(str(ORAS), "oras")
+        if self.registry:
+            s = s.replace(self.registry, "$REG")
+        return s
+
+    def sh(self, *args, cwd=None, timeout=STEP_TIMEOUT, binary=False):
+        args = [str(a) for a in args]
+        self.cmds.append(self.show(args))
+        try:
+            p = subprocess.run(args, cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise StepFail(f"timed out after {timeout}s: {self.show(args)}")
+        if p.returncode != 0:
+            err = p.stderr.decode(errors="replace").strip().splitlines()
+            raise StepFail(f"exit {p.returncode}: {err[-1] if err else ''}")
+        return p.stdout if binary else p.stdout.decode(errors="replace")
+
+    def oras(self, *a, **kw):
+        return self.sh(ORAS, *a, **kw)
+
+    def skopeo(self, *a, **kw):
+        return self.sh("skopeo", "--insecure-policy", *a, **kw)
+
+    def umoci(self, *a, **kw):
+        return self.sh("umoci", *a, **kw)
+
+
+def check(cond, msg):
+    if not cond:
+        raise StepFail(msg)
+
+
+def tagged(layout) -> dict:
+    idx = json.loads((Path(layout) / "index.json").read_bytes())
+    return {
+        (d.get("annotations") or {}).get("org.opencontainers.image.ref.name"): d["digest"]
+        for d in idx.get("manifests") or []
+    }
+
+
+def blob(layout, digest) -> Path:
+    a, h = digest.split(":")
+    return Path(layout) / "blobs" / a / h
+
+
+def verify_layout(layout):
+    """Every blob reachable from index.json exists and hashes to its name."""
+    todo = list(tagged(layout).values())
+    seen = set()
+    while todo:
+        d = todo.pop()
+        if d in seen:
+            continue
+        seen.add(d)
+        p = blob(layout, d)
+        check(p.is_file(), f"{p.name[:12]} missing in {Path(layout).name}")
+        data = p.read_bytes()
+        check(sha256(data) == d, f"{p.name[:12]} does not hash to its name")
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            for x in [doc.get("config")] + list(doc.get("layers") or []):
+                if isinstance(x, dict):
+                    todo.append(x["digest"])
+            todo += [m["digest"] for m in doc.get("manifests") or []]
+    return seen
+
+
+# --------------------------------------------------------------------------- steps
+
+STEPS: list[tuple[str, str, object]] = []  # (client, verb, fn)
+
+
+def step(client, verb):
+    def deco(fn):
+        STEPS.append((client, verb, fn))
+        return fn
+    return deco
+
+
+def src_files(c: Ctx) -> Path:
+    s = c.work / "src"
+    if not s.exists():
+        s.mkdir()
+        (s / "a.txt").write_bytes(b"hello\n")
+        (s / "b.bin").write_bytes(random.Random(1).randbytes(3 * 1024 * 1024 + 5))
+        (s / "c.json").write_bytes(b'{"k": 1}\n')
+        (s / "sig.txt").write_bytes(b"signature\n")
+    return s
+
+
+@step("oras", "push (one file)")
+def _(c):
+    d = json.loads(c.oras("push", "--oci-layout", f"{c.mnt}/one:v1", "--format", "json", "a.txt",
+                          cwd=src_files(c)))
+    check(tagged(c.mnt / "one") == {"v1": d["digest"]}, "index.json lacks v1")
+    c.state["one"] = d["digest"]
+
+
+@step("oras", "push (several files, --annotation, --artifact-type)")
+def _(c):
+    d = json.loads(c.oras("push", "--oci-layout", f"{c.mnt}/hello:v1", "--format", "json",
+                          "--artifact-type", "application/vnd.test", "--annotation", "team=storage",
+                          "a.txt", "b.bin", "c.json", cwd=src_files(c)))
+    m = json.loads(blob(c.mnt / "hello", d["digest"]).read_bytes())
+    check(m["artifactType"] == "application/vnd.test", "artifactType lost")
+    check(m["annotations"]["team"] == "storage", "annotation lost")
+    verify_layout(c.mnt / "hello")
+    c.state["hello"] = d["digest"]
+
+
+@step("oras", "pull")
+def _(c):
+    out = c.work / "pull"
+    out.mkdir()
+    c.oras("pull", "--oci-layout", f"{c.mnt}/hello:v1", "-o", out, cwd=out)
+    s = src_files(c)
+    for n in ("a.txt", "b.bin", "c.json"):
+        check(sha256_file(out / n) == sha256_file(s / n), f"{n} differs")
+
+
+@step("oras", "tag")
+def _(c):
+    c.oras("tag", "--oci-layout", f"{c.mnt}/hello:v1", "v2", "latest")
+    check(set(tagged(c.mnt / "hello")) == {"v1", "v2", "latest"}, "tags missing")
+
+
+@step("oras", "repo tags")
+def _(c):
+    out = c.oras("repo", "tags", "--oci-layout", f"{c.mnt}/hello")
+    check(sorted(out.split()) == ["latest", "v1", "v2"], f"got {out.split()}")
+
+
+@step("oras", "manifest fetch (tag)")
+def _(c):
+    out = c.oras("manifest", "fetch", "--oci-layout", f"{c.mnt}/hello:v2", binary=True)
+    check(sha256(out) == c.state["hello"], "digest differs")
+
+
+@step("oras", "manifest fetch (digest)")
+def _(c):
+    out = c.oras("manifest", "fetch", "--oci-layout", f"{c.mnt}/hello@{c.state['hello']}", binary=True)
+    check(sha256(out) == c.state["hello"], "digest differs")
+
+
+@step("oras", "blob fetch --output file")
+def _(c):
+    d = sha256_file(src_files(c) / "b.bin")
+    c.oras("blob", "fetch", "--oci-layout", f"{c.mnt}/hello@{d}", "--output", c.work / "blob.out")
+    check(sha256_file(c.work / "blob.out") == d, "bytes differ")
+
+
+@step("oras", "blob fetch --output - (stdout)")
+def _(c):
+    d = sha256_file(src_files(c) / "b.bin")
+    out = c.oras("blob", "fetch", "--oci-layout", f"{c.mnt}/hello@{d}", "--output", "-", binary=True)
+    check(sha256(out) == d, "bytes differ")
+
+
+@step("oras", "attach")
+def _(c):
+    d = json.loads(c.oras("attach", "--oci-layout", f"{c.mnt}/hello:v1", "--artifact-type",
+                          "application/vnd.sig", "--format", "json", "sig.txt", cwd=src_files(c)))
+    m = json.loads(blob(c.mnt / "hello", d["digest"]).read_bytes())
+    check(m["subject"]["digest"] == c.state["hello"], "subject wrong")
+    c.state["sig"] = d["digest"]
+
+
+@step("oras", "discover (referrers)")
+def _(c):
+    d = json.loads(c.oras("discover", "--oci-layout", f"{c.mnt}/hello:v1", "--format", "json"))
+    check([r["digest"] for r in d.get("referrers") or []] == [c.state["sig"]], "referrer not listed")
+
+
+@step("oras", "manifest delete")
+def _(c):
+    c.oras("manifest", "delete", "--force", "--oci-layout", f"{c.mnt}/hello@{c.state['sig']}")
+    check(not blob(c.mnt / "hello", c.state["sig"]).exists(), "manifest blob still there")
+    d = json.loads(c.oras("discover", "--oci-layout", f"{c.mnt}/hello:v1", "--format", "json"))
+    check(not d.get("referrers"), "referrer still listed")
+
+
+@step("oras", "blob delete")
+def _(c):
+    d = sha256_file(src_files(c) / "a.txt")
+    out = c.oras("blob", "delete", "--force", "--oci-layout", f"{c.mnt}/one@{d}")
+    check("Deleted" in out, out.strip())
+    check(not blob(c.mnt / "one", d).exists(), "blob still there")
+
+
+@step("oras", "push nested repo (team/app)")
+def _(c):
+    d = json.loads(c.oras("push", "--oci-layout", f"{c.mnt}/team/app:v1", "--format", "json",
+                          "a.txt", cwd=src_files(c)))
+    check(tagged(c.mnt / "team" / "app") == {"v1": d["digest"]}, "index.json wrong")
+    check(c.oras("repo", "tags", "--oci-layout", f"{c.mnt}/team/app").split() == ["v1"], "tags")
+
+
+@step("oras", "3 concurrent pushes (different repos)")
+def _(c):
+    s = src_files(c)
+    procs = []
+    for i in range(3):
+        args = [str(ORAS), "push", "--oci-layout", f"{c.mnt}/par{i}:v1", "--format", "json",
+                "a.txt", "b.bin", "c.json"]
+        c.cmds.append(c.show(args) + " &")
+        procs.append(subprocess.Popen(args, cwd=s, env=c.env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    for i, p in enumerate(procs):
+        try:
+            out, err = p.communicate(timeout=STEP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise StepFail("timed out")
+        check(p.returncode == 0, f"push {i}: {err.decode().strip().splitlines()[-1:]}")
+        check(tagged(c.mnt / f"par{i}") == {"v1": json.loads(out)["digest"]}, f"par{i} index")
+        verify_layout(c.mnt / f"par{i}")
+
+
+@step("oras", "cp --from-oci-layout (mount -> registry)")
+def _(c):
+    check(c.registry, "no docker-registry (apt-get install docker-registry)")
+    c.oras("cp", "--from-oci-layout", f"{c.mnt}/hello:v1", "--to-plain-http",
+           f"{c.registry}/{c.name}/hello:v1")
+    out = c.oras("manifest", "fetch", "--plain-http", f"{c.registry}/{c.name}/hello:v1", binary=True)
+    check(sha256(out) == c.state["hello"], "digest differs")
+
+
+@step("oras", "cp -r --to-oci-layout (registry -> mount)")
+def _(c):
+    check(c.registry, "no docker-registry (apt-get install docker-registry)")
+    c.oras("attach", "--plain-http", f"{c.registry}/{c.name}/hello:v1", "--artifact-type",
+           "application/vnd.sig", "sig.txt", cwd=src_files(c))
+    c.oras("cp", "-r", "--from-plain-http", f"{c.registry}/{c.name}/hello:v1",
+           "--to-oci-layout", f"{c.mnt}/fromreg:v1")
+    check(tagged(c.mnt / "fromreg").get("v1") == c.state["hello"], "digest differs")
+    verify_layout(c.mnt / "fromreg")
+
+
+@step("skopeo", "copy oci:local -> oci:mount")
+def _(c):
+    want = tagged(c.img)["v2"]
+    (c.mnt / "sk").mkdir(exist_ok=True)  # skopeo lstat()s the parent of the layout
+    c.skopeo("copy", f"oci:{c.img}:v2", f"oci:{c.mnt}/sk/img:v2")
+    check(tagged(c.mnt / "sk/img") == {"v2": want}, "index.json wrong")
+    out = c.skopeo("inspect", "--raw", f"oci:{c.mnt}/sk/img:v2", binary=True)
+    check(sha256(out) == want, "manifest digest differs")
+    verify_layout(c.mnt / "sk/img")
+
+
+@step("skopeo", "copy second tag into same layout")
+def _(c):
+    want = tagged(c.img)
+    c.skopeo("copy", f"oci:{c.img}:v1", f"oci:{c.mnt}/sk/img:v1")
+    check(tagged(c.mnt / "sk/img") == {"v1": want["v1"], "v2": want["v2"]}, "tags lost")
+
+
+@step("skopeo", "copy oci:mount -> oci-archive: (digest kept)")
+def _(c):
+    tar = c.work / "img.tar"
+    c.skopeo("copy", f"oci:{c.mnt}/sk/img:v2", f"oci-archive:{tar}:v2")
+    with tarfile.open(tar) as t:
+        idx = json.load(t.extractfile("index.json"))
+    check([d["digest"] for d in idx["manifests"]] == [tagged(c.img)["v2"]], "digest differs")
+
+
+@step("skopeo", "copy oci:mount -> dir: (digest kept)")
+def _(c):
+    out = c.work / "dirout"
+    c.skopeo("copy", f"oci:{c.mnt}/sk/img:v2", f"dir:{out}")
+    check(sha256_file(out / "manifest.json") == tagged(c.img)["v2"], "digest differs")
+
+
+@step("skopeo", "re-copy over 0444 blobs (manifest rewrite)")
+def _(c):
+    for p in (c.mnt / "sk/img/blobs/sha256").iterdir():
+        os.chmod(p, 0o444)
+    c.skopeo("copy", f"oci:{c.img}:v2", f"oci:{c.mnt}/sk/img:again")
+    check(tagged(c.mnt / "sk/img").get("again") == tagged(c.img)["v2"], "tag missing")
+
+
+@step("umoci", "unpack from mount")
+def _(c):
+    b = c.work / "bundle"
+    c.umoci("unpack", "--image", f"{c.mnt}/sk/img:v2", b)
+    check((b / "rootfs/opt/app/bin/run.sh").is_file(), "second layer missing")
+    check(sha256_file(b / "rootfs/usr/share/data/blob.bin") == c.state.setdefault(
+        "blobbin", sha256_file(c.img.parent / "check/rootfs/usr/share/data/blob.bin")), "differs")
+
+
+@step("umoci", "init on mount")
+def _(c):
+    c.umoci("init", "--layout", f"{c.mnt}/um")
+    check((c.mnt / "um/blobs/sha256").is_dir(), "blobs/sha256 missing")
+
+
+@step("umoci", "new on mount")
+def _(c):
+    c.umoci("new", "--image", f"{c.mnt}/um:base")
+    check("base" in tagged(c.mnt / "um"), "tag missing")
+
+
+@step("umoci", "insert on mount")
+def _(c):
+    add = c.work / "add"
+    add.mkdir()
+    (add / "hello.txt").write_text("hello\n")
+    c.umoci("insert", "--image", f"{c.mnt}/um:base", "--tag", "v1", add, "/srv")
+    check("v1" in tagged(c.mnt / "um"), "tag missing")
+    verify_layout(c.mnt / "um")
+
+
+@step("umoci", "repack on mount")
+def _(c):
+    b = c.work / "bundle2"
+    c.umoci("unpack", "--image", f"{c.mnt}/um:v1", b)
+    (b / "rootfs/new.txt").write_text("new\n")
+    c.umoci("repack", "--image", f"{c.mnt}/um:v2", b)
+    out = c.work / "bundle3"
+    c.umoci("unpack", "--image", f"{c.mnt}/um:v2", out)
+    check((out / "rootfs/new.txt").read_text() == "new\n", "new file missing")
+    check(not [p for p in (c.mnt / "um").iterdir() if p.name.startswith(".umoci-")], "temp dir left")
+
+
+@step("umoci", "tag / rm (index.json rewrite)")
+def _(c):
+    c.umoci("tag", "--image", f"{c.mnt}/um:v2", "latest")
+    c.umoci("rm", "--image", f"{c.mnt}/um:base")
+    check(set(tagged(c.mnt / "um")) == {"v1", "v2", "latest"}, str(tagged(c.mnt / "um")))
+
+
+@step("umoci", "gc (drops planted blob, keeps referenced)")
+def _(c):
+    layout = c.mnt / "um"
+    planted = b"planted unreferenced blob\n"
+    blob(layout, sha256(planted)).write_bytes(planted)
+    c.umoci("gc", "--layout", layout)
+    check(not blob(layout, sha256(planted)).exists(), "planted blob kept")
+    names = {p.name for p in (layout / "blobs/sha256").iterdir()}
+    check(names == {d.split(":")[1] for d in verify_layout(layout)}, "referenced blob lost")
+
+
+@step("all", "remount, every layout verifies")
+def _(c):
+    c.remount()
+    c.cmds.append("(unmount, mount again with an empty cache)")
+    for repo in ("hello", "team/app", "par0", "par1", "par2", "sk/img", "um", "fromreg"):
+        if (c.mnt / repo / "index.json").exists():
+            verify_layout(c.mnt / repo)
+        elif repo != "fromreg" or c.registry:
+            raise StepFail(f"{repo}/index.json missing after remount")
+    out = c.skopeo("inspect", "--raw", f"oci:{c.mnt}/sk/img:v2", binary=True)
+    check(sha256(out) == tagged(c.img)["v2"], "manifest differs after remount")
+    o = c.work / "pull2"
+    o.mkdir()
+    c.oras("pull", "--oci-layout", f"{c.mnt}/hello:v1", "-o", o, cwd=o)
+    check(sha256_file(o / "b.bin") == sha256_file(src_files(c) / "b.bin"), "pull differs")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def start_minio(work: Path):
+    port, cport = free_port(), free_port()
+    env = {**os.environ, "MINIO_ROOT_USER": USER, "MINIO_ROOT_PASSWORD": PASSWORD,
+           "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}
+    log = open(work / "minio.log", "wb")
+    p = subprocess.Popen([str(MINIO), "server", str(work / "minio"), "--address",
+                          f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{cport}", "--quiet"],
+                         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/minio/health/live", p)
+    return p, url
+
+
+def start_registry(work: Path):
+    exe = shutil.which("docker-registry")
+    if not exe:
+        return None, None
+    port = free_port()
+    cfg = work / "registry.yml"
+    cfg.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: "
+                   f"{work / 'registry'}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    p = subprocess.Popen([exe, "serve", str(cfg)], stdout=open(work / "registry.log", "wb"),
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/v2/", p)
+    return p, f"127.0.0.1:{port}"
+
+
+def wait_http(url, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url} not answering after {timeout}s")
+
+
+def stop(p):
+    if p and p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=20)
+
+
+def s3client(url):
+    import botocore.session
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=USER,
+        aws_secret_access_key=PASSWORD)
+
+
+def s3env():
+    return {**os.environ, "AWS_ACCESS_KEY_ID": USER, "AWS_SECRET_ACCESS_KEY": PASSWORD,
+            "AWS_REGION": "us-east-1"}
+
+
+def is_mounted(path) -> bool:
+    path = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+class OcifsMount:
+    name = "ocifs"
+
+    def __init__(self, url, work: Path):
+        self.url, self.work, self.mnt, self.gen = url, work, work / "mnt-ocifs", 0
+        self.mnt.mkdir()
+        self.log = work / "ocifs.log"
+        self.mount_cmd = (f"ocifs mount s3://{BUCKET}/ocifs $MNT --endpoint-url http://127.0.0.1:PORT "
+                          "--cache-dir DIR --log-file F")
+
+    def mount(self):
+        self.gen += 1
+        subprocess.run([str(OCIFS), "mount", f"s3://{BUCKET}/ocifs", str(self.mnt), "--endpoint-url",
+                        self.url, "--cache-dir", str(self.work / f"cache{self.gen}"), "--log-file",
+                        str(self.log), "--log-level", "debug"],
+                       env=s3env(), check=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    def umount(self):
+        subprocess.run([str(OCIFS), "umount", str(self.mnt)], env=s3env(), check=True, timeout=300,
+                       stdin=subprocess.DEVNULL)
+
+    def cleanup(self):
+        if is_mounted(self.mnt):
+            subprocess.run([str(OCIFS), "umount", str(self.mnt)], env=s3env(), timeout=300)
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], timeout=30)
+
+
+class S3fsMount:
+    name = "s3fs"
+
+    def __init__(self, url, work: Path):
+        self.url, self.work, self.mnt = url, work, work / "mnt-s3fs"
+        self.mnt.mkdir()
+        self.passwd = work / "s3fs.passwd"
+        self.passwd.write_text(f"{USER}:{PASSWORD}\n")
+        self.passwd.chmod(0o600)
+        self.mount_cmd = (f"s3fs {BUCKET}:/s3fs $MNT -o url=http://127.0.0.1:PORT,"
+                          "use_path_request_style,passwd_file=FILE")
+
+    def mount(self):
+        need("s3fs")
+        subprocess.run(["s3fs", f"{BUCKET}:/s3fs", str(self.mnt), "-o",
+                        f"url={self.url},use_path_request_style,passwd_file={self.passwd}"],
+                       check=True, timeout=60, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not is_mounted(self.mnt):
+            if time.monotonic() > deadline:
+                raise RuntimeError("s3fs did not mount")
+            time.sleep(0.1)
+
+    def umount(self):
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True, timeout=300)
+        deadline = time.monotonic() + 60
+        while is_mounted(self.mnt) or subprocess.run(["pgrep", "-f", f"s3fs {BUCKET}:/s3fs {self.mnt}"],
+                                                      capture_output=True).returncode == 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+
+    def cleanup(self):
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], timeout=30)
+
+
+def run_matrix(fs, img: Path, registry, work: Path, s3, prefix: str):
+    results = []
+    fs.mount()
+    c = Ctx(fs.name, fs.mnt, work, img, registry, remount=lambda: (fs.umount(), fs.mount()))
+    for client, verb, fn in STEPS:
+        c.cmds = []
+        t0 = time.monotonic()
+        try:
+            fn(c)
+            ok, note = True, ""
+        except StepFail as e:
+            ok, note = False, str(e)
+        except Exception as e:  # a check crashed: record it, keep going
+            ok, note = False, f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        dt = time.monotonic() - t0
+        results.append((client, verb, ok, dt, note, list(c.cmds)))
+        print(f"[{fs.name}] {'PASS' if ok else 'FAIL'} {dt:6.2f}s {client}: {verb} {note}", flush=True)
+    # what the bucket holds for this mount, once everything is flushed
+    fs.umount()
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    markers = [k for k in keys if k.endswith("/")]
+    return results, {"objects": len(keys), "dir_markers": len(markers),
+                     "marker_examples": markers[:5]}
+
+
+def render(all_results, stats, mounts, registry) -> str:
+    names = list(all_results)
+    lines = [
+        "# ocifs interop matrix",
+        "",
+        "Produced by `.venv/bin/python tests/interop/matrix.py` (not a test). One MinIO, one "
+        f"bucket `{BUCKET}`; ocifs mounted at prefix `ocifs/`, Debian s3fs 1.90 at prefix `s3fs/`. "
+        "The same commands run in the same order on each mount. Seconds are wall time of the "
+        "whole step (commands + checks).",
+        "",
+        "Mount commands:",
+        "",
+    ]
+    lines += [f"- {m.name}: `{m.mount_cmd}`" for m in mounts]
+    lines += [
+        "",
+        "Tools: oras CLI 1.3.6 (`--oci-layout`), skopeo 1.9.3 (`oci:` transport), umoci 0.4.7, "
+        f"docker-registry 2.8.2 (Debian) for `oras cp`: {'running' if registry else 'NOT installed'}.",
+        "`$IMG` is a local multi-layer image layout built with umoci (tags base, v1, v2).",
+        "",
+        "| client | verb | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    first = all_results[names[0]]
+    for i, (client, verb, *_rest) in enumerate(first):
+        cells = []
+        for n in names:
+            _c, _v, ok, dt, note, _cmds = all_results[n][i]
+            cells.append(f"{'ok' if ok else '**FAIL**'} {dt:.2f}s" + (f" — {note}" if note else ""))
+        lines.append(f"| {client} | {verb} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", "Bucket contents after unmount:", ""]
+    for n in names:
+        s = stats[n]
+        lines.append(f"- {n}: {s['objects']} objects, {s['dir_markers']} directory-marker objects "
+                     f"(keys ending in `/`){': e.g. ' + ', '.join('`'+k+'`' for k in s['marker_examples']) if s['marker_examples'] else ''}")
+    lines += ["", "## Exact commands (identical for both mounts; `$MNT` is the mount point)", ""]
+    for client, verb, _ok, _dt, _note, cmds in first:
+        lines.append(f"**{client}: {verb}**")
+        lines.append("```")
+        lines += cmds
+        lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--only", choices=["ocifs", "s3fs"])
+    args = ap.parse_args()
+    for t in ("skopeo", "umoci", "fusermount3", ORAS, MINIO, OCIFS):
+        need(t)
+    root = Path(tempfile.mkdtemp(prefix="ocifs-matrix-"))
+    procs, mounts = [], []
+    try:
+        minio, url = start_minio(root)
+        procs.append(minio)
+        reg, registry = start_registry(root)
+        procs.append(reg)
+        s3 = s3client(url)
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="s3fs/", Body=b"")  # s3fs needs its prefix to exist
+        # the image both runs copy in
+        imgwork = root / "image"
+        imgwork.mkdir()
+        sys.path.insert(0, str(Path(__file__).parent))
+        img = imgwork / "layout"
+        _build_image(img, imgwork)
+        all_results, stats = {}, {}
+        for cls in (OcifsMount, S3fsMount):
+            if args.only and cls.name != args.only:
+                continue
+            work = root / cls.name
+            work.mkdir()
+            fs = cls(url, work)
+            mounts.append(fs)
+            try:
+                all_results[fs.name], stats[fs.name] = run_matrix(
+                    fs, img, registry, work, s3, f"{cls.name}/")
+            finally:
+                fs.cleanup()
+        Path(args.out).write_text(render(all_results, stats, mounts, registry))
+        print(f"wrote {args.out}")
+    finally:
+        for m in mounts:
+            m.cleanup()
+        for p in procs:
+            stop(p)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _build_image(layout: Path, work: Path):
+    """Same image as the tests' umoci_image fixture, built with plain subprocess calls."""
+    def u(*a):
+        subprocess.run(["umoci", *map(str, a)], check=True, timeout=120, stdin=subprocess.DEVNULL,
+                       capture_output=True)
+    u("init", "--layout", layout)
+    u("new", "--image", f"{layout}:base")
+    b = work / "bundle"
+    u("unpack", "--image", f"{layout}:base", b)
+    r = b / "rootfs"
+    (r / "etc").mkdir(parents=True, exist_ok=True)
+    (r / "etc/motd").write_text("built by umoci for ocifs interop tests\n")
+    (r / "usr/share/data").mkdir(parents=True)
+    (r / "usr/share/data/blob.bin").write_bytes(random.Random(7).randbytes(300 * 1024))
+    u("repack", "--image", f"{layout}:v1", b)
+    extra = work / "extra"
+    (extra / "app/bin").mkdir(parents=True)
+    (extra / "app/bin/run.sh").write_text("#!/bin/sh\necho hello\n")
+    u("insert", "--image", f"{layout}:v1", "--tag", "v2", extra / "app", "/opt/app")
+    u("unpack", "--image", f"{layout}:v2", work / "check")
+
+
+if __name__ == "__main__":
+    main()
