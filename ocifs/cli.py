@@ -57,6 +57,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _s3_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"), help="S3 endpoint (MinIO, R2, ...)")
+    p.add_argument("--region", default=None, help="region (default: botocore's, us-east-1 with --endpoint-url)")
+    p.add_argument("--profile", default=None, help="AWS profile for credentials")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ocifs", description="Mount an S3 bucket as a directory of OCI image layouts.")
     p.add_argument("--version", action="version", version=f"ocifs {__version__}")
@@ -70,9 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("url", help="s3://BUCKET[/PREFIX]")
     m.add_argument("mountpoint", type=Path)
-    m.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"), help="S3 endpoint (MinIO, R2, ...)")
-    m.add_argument("--region", default=None, help="region (default: botocore's, us-east-1 with --endpoint-url)")
-    m.add_argument("--profile", default=None, help="AWS profile for credentials")
+    _s3_args(m)
     m.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground (default: return once mounted)")
     m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]", help="FUSE mount options, e.g. allow_other")
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-readahead", type=_positive(int, 1), default=128, metavar="MIB", help="read-ahead ceiling per file (default 128)")
     m.add_argument("--metadata-ttl", type=_positive(float, 0), default=1.0, metavar="SECONDS", help="revalidate mutable files after (default 1)")
     m.add_argument("--op-timeout", type=_positive(float, 1), default=300.0, metavar="SECONDS", help="EIO after (default 300)")
+    m.add_argument("--no-zero-copy", dest="zero_copy", action="store_false", help="upload oras ingest files under their temp name and copy on rename (for comparison)")
     m.add_argument("--verify-reads", action="store_true", help="check blob digests when read front to back (EIO on mismatch)")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     m.add_argument("--log-file", type=Path, default=None, help="log here (default: stderr in foreground, <cache-dir>/ocifs.log otherwise)")
@@ -92,11 +97,47 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("umount", help="flush pending uploads and unmount", description="Unmount MOUNTPOINT after pending uploads are published.")
     u.add_argument("mountpoint", type=Path)
     u.add_argument("--timeout", type=_positive(float, 1), default=600.0, metavar="SECONDS", help="wait this long for the daemon (default 600)")
+    ls = sub.add_parser("ls", help="list the layouts (repos) in a bucket and their tags", description="List the OCI layouts under s3://BUCKET[/PREFIX] and their tags (no mount needed).")
+    ls.add_argument("url", help="s3://BUCKET[/PREFIX]")
+    _s3_args(ls)
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    g = sub.add_parser("gc", help="delete unreachable blobs", description="Delete blobs that nothing in index.json reaches (manifests, indexes, configs, layers, subjects, referrers). Blobs younger than --grace are kept, so pushes in flight are safe.")
+    g.add_argument("url", help="s3://BUCKET[/PREFIX]")
+    _s3_args(g)
+    g.add_argument("--grace", type=_positive(float, 0), default=3600.0, metavar="SECONDS", help="keep blobs younger than this (default 3600)")
+    g.add_argument("--dry-run", action="store_true", help="show what would be deleted and how many bytes")
+
+    f = sub.add_parser("fsck", help="check blob digests, references and leftovers", description="Check every blob's digest, dangling references, stale temporary files (ingest/, .uploads/, oci-put-blob*, .umoci-*) and incomplete multipart uploads. Exit 1 if problems remain.")
+    f.add_argument("url", help="s3://BUCKET[/PREFIX]")
+    _s3_args(f)
+    f.add_argument("--grace", type=_positive(float, 0), default=3600.0, metavar="SECONDS", help="temporary files younger than this are in use (default 3600)")
+    f.add_argument("--repair", action="store_true", help="remove corrupt blobs, stale leftovers and stale multipart uploads")
+
     st = sub.add_parser("stats", help="print a mount's live counters", description="Print the live counters of the ocifs mount at MOUNTPOINT (Prometheus text).")
     st.add_argument("mountpoint", type=Path)
     st.add_argument("--watch", action="store_true", help="refresh every --interval seconds, with rates")
     st.add_argument("--interval", type=_positive(float, 0.1), default=1.0, metavar="SECONDS")
     return p
+
+
+def tool_config(a: argparse.Namespace) -> Config:
+    bucket, prefix = parse_s3_url(a.url)
+    region = a.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region is None and a.endpoint_url:
+        region = "us-east-1"
+    return Config(bucket=bucket, prefix=prefix, endpoint_url=a.endpoint_url, region=region, profile=a.profile)
+
+
+def cmd_tool(a: argparse.Namespace) -> int:
+    from ocifs import tools
+
+    cfg = tool_config(a)
+    if a.command == "ls":
+        return tools.ls(cfg, a.json)
+    if a.command == "gc":
+        return tools.gc(cfg, a.grace, a.dry_run)
+    return tools.fsck(cfg, a.grace, a.repair)
 
 
 def config_from_args(a: argparse.Namespace, mountpoint: Path) -> Config:
@@ -131,6 +172,7 @@ def config_from_args(a: argparse.Namespace, mountpoint: Path) -> Config:
         metadata_ttl=a.metadata_ttl,
         op_timeout=a.op_timeout,
         verify_reads=a.verify_reads,
+        zero_copy=a.zero_copy,
         log_level=a.log_level,
         log_file=a.log_file,
     )
@@ -246,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(a)
         if a.command == "stats":
             return cmd_stats(a)
+        if a.command in ("ls", "gc", "fsck"):
+            return cmd_tool(a)
         return cmd_umount(a)
     except UsageError as exc:
         print(f"ocifs: {exc}", file=sys.stderr)

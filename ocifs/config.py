@@ -39,6 +39,8 @@ class Config:
     metadata_ttl: float = 1.0
     # Every FUSE operation that waits on S3 gives up with EIO after this many seconds.
     op_timeout: float = 300.0
+    # Stream oras ingest files straight to their blob key (off: upload, then copy on rename).
+    zero_copy: bool = True
     # Hash blobs read front to back and fail the last read (EIO) if the digest is wrong.
     verify_reads: bool = False
     log_level: str = "info"

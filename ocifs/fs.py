@@ -368,7 +368,7 @@ class Operations(pyfuse3.Operations):
         node.meta_known = True
         if not is_index(path):  # index.json gets a per-handle session in _open
             node.session = self._new_session(node, size=0, private=False)
-            target = ingest_target(path)
+            target = ingest_target(path) if self.cfg.zero_copy else None
             if target is not None:
                 # Zero-copy: stream straight to the blob key the rename will give it.
                 node.session.target = node.session.key = self.ns.key(target)
