@@ -118,6 +118,8 @@ class Operations(pyfuse3.Operations):
         self._markers: set[str] = set()  # directories whose marker object we know exists
         self._tgids: dict[int, int] = {}
         self._verify_pos: dict[int, int] = {}
+        # (inode, process) -> that process's private rewrite of an index.json
+        self._own: dict[tuple[int, int], WriteSession] = {}
         self.nursery: trio.Nursery | None = None
         # Read-ahead never plans more than half the cache per file, or it evicts itself.
         self._max_window = max(cfg.chunk_size, min(cfg.max_readahead, cfg.cache_size // 2))
@@ -159,7 +161,9 @@ class Operations(pyfuse3.Operations):
         if self.cfg.read_only:
             raise errors.ReadOnly("mounted read-only")
 
-    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+    def attrs(self, node: Node, pid: int | None = None) -> pyfuse3.EntryAttributes:
+        """Attributes as process ``pid`` sees them: a process rewriting a file (O_TRUNC) sees
+        its new content; everyone else sees the committed version until the commit."""
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.inode
         e.generation = 0
@@ -169,7 +173,10 @@ class Operations(pyfuse3.Operations):
         e.st_gid = self.gid
         size = node.size
         session = node.session
-        if session is not None and not session.private:
+        if session is not None and (not session.private or (pid is not None and session.owner == pid)):
+            size = session.size
+        elif pid is not None and (node.inode, pid) in self._own:
+            session = self._own[(node.inode, pid)]
             size = session.size
         e.st_size = size
         e.st_blksize = BLKSIZE
@@ -207,7 +214,7 @@ class Operations(pyfuse3.Operations):
         if not node.is_dir and not node.meta_known and node.session is None:
             await self.ns.revalidate(node)
         node.lookups += 1
-        return self.attrs(node)
+        return self.attrs(node, self._tgid(ctx))
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, count in inode_list:
@@ -219,7 +226,7 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         node = self.ns.get(inode)
         await self.ns.revalidate(node)
-        return self.attrs(node)
+        return self.attrs(node, self._tgid(ctx))
 
     @fuse_op
     async def setattr(
@@ -242,17 +249,17 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             self._check_writable()
             async with self._lock(node):
-                session = await self._session_for_write(node, truncate=attr.st_size == 0)
+                session = await self._session_for_write(node, attr.st_size == 0, self._tgid(ctx))
                 session.truncate(attr.st_size)
             node.mtime = time.time()
             if node.opens == 0:  # truncate(2) by path: publish now
                 await self._commit(node, node.session)
                 await self._drop_session(node)
-            return self.attrs(node)
+            return self.attrs(node, self._tgid(ctx))
         if meta_changed and node.committed and not is_blob_path(node.path) and (node.session is None or not node.session.dirty):
             # Metadata of a committed object only changes by a (server-side) self-copy.
             node.etag = await self.s3.copy(self.ns.key(node.path), self.ns.key(node.path), node.meta())
-        return self.attrs(node)
+        return self.attrs(node, self._tgid(ctx))
 
     @fuse_op
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -361,7 +368,7 @@ class Operations(pyfuse3.Operations):
             # Created by another mount since the kernel looked: open it like O_CREAT|O_TRUNC.
             existing.lookups += 1
             fi = await self._open(existing, flags | os.O_TRUNC, ctx)
-            return fi, self.attrs(existing)
+            return fi, self.attrs(existing, self._tgid(ctx))
         node = self.ns.create_node(path, is_dir=False)
         node.mode = stat.S_IFREG | stat.S_IMODE(mode)
         node.committed = False
@@ -375,7 +382,7 @@ class Operations(pyfuse3.Operations):
         node.lookups += 1
         self.ns.note_added(node)
         fi = await self._open(node, flags | (os.O_TRUNC if is_index(path) else 0), ctx)
-        return fi, self.attrs(node)
+        return fi, self.attrs(node, self._tgid(ctx))
 
     @fuse_op
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -392,17 +399,21 @@ class Operations(pyfuse3.Operations):
         own: WriteSession | None = None
         if writer and flags & os.O_TRUNC and is_index(node.path):
             own = self._new_session(node, 0, private=True)
+            own.owner = pid
+            if pid is not None:
+                self._own[(node.inode, pid)] = own
         elif writer and flags & os.O_TRUNC:
             async with self._lock(node):
-                session = await self._session_for_write(node, truncate=True)
+                session = await self._session_for_write(node, True, pid)
                 session.truncate(0)
             node.mtime = time.time()
         elif node.session is None:
             await self.ns.revalidate(node)
             if is_index(node.path) and node.committed and not writer:
                 # Remember what this process read: the base of its next rewrite.
-                content = await self._read_all(node)
-                self.publisher.record_index_read(pid, node, content)
+                version, etag = node.version, node.etag
+                content = await self._read_version(self.ns.key(node.path), etag, node.size)
+                self.publisher.record_index_read(pid, node, version, etag, content)
         ra = ReadAhead(self.cfg.chunk_size, self.cfg.chunk_size, self._max_window)
         handle = Handle(node, writer, self.ns.key(node.path), ra, pid)
         handle.session = own
@@ -431,7 +442,7 @@ class Operations(pyfuse3.Operations):
             private=private,
         )
 
-    async def _session_for_write(self, node: Node, truncate: bool) -> WriteSession:
+    async def _session_for_write(self, node: Node, truncate: bool, pid: int | None = None) -> WriteSession:
         """The node's write session, created on first write (call with the node lock held).
 
         Rewriting a committed file without truncating it first copies its content into the
@@ -442,6 +453,7 @@ class Operations(pyfuse3.Operations):
             return node.session
         if truncate:
             session = self._new_session(node, 0, private=node.committed and node.size > 0)
+            session.owner = pid
         else:
             session = self._new_session(node, 0, private=False)
             if node.committed and node.size > 0:
@@ -472,10 +484,9 @@ class Operations(pyfuse3.Operations):
 
         return await self.cache.get((key, etag, idx), size, fetch)
 
-    async def _read_all(self, node: Node) -> bytes:
-        key, cs = self.ns.key(node.path), self.cfg.chunk_size
-        parts = [await self._chunk(key, node.etag, node.size, i) for i in range(-(-node.size // cs))]
-        return b"".join(parts)
+    async def _read_version(self, key: str, etag: str, size: int) -> bytes:
+        cs = self.cfg.chunk_size
+        return b"".join([await self._chunk(key, etag, size, i) for i in range(-(-size // cs))])
 
     @fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -575,6 +586,8 @@ class Operations(pyfuse3.Operations):
         node = h.node
         try:
             if h.session is not None:
+                if h.pid is not None and self._own.get((node.inode, h.pid)) is h.session:
+                    del self._own[(node.inode, h.pid)]
                 try:
                     await self._commit(node, h.session, h.pid)
                 except errors.OcifsError as exc:

@@ -83,6 +83,8 @@ def merge(base: bytes | None, ours: bytes, theirs: bytes | None) -> tuple[bytes,
         if k not in seen:
             seen.add(k)
             result.append(d)
+    if result == ours_list:
+        return ours, conflicts  # nothing of theirs survives: keep the writer's bytes as written
     merged = dict(ours_doc)
     merged["manifests"] = result
     return json.dumps(merged, separators=(",", ":")).encode(), conflicts

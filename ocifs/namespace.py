@@ -55,6 +55,7 @@ class Node:
         "explicit_mtime",
         "sha256",
         "index_base",
+        "version",
     )
 
     def __init__(self, inode: int, path: str, is_dir: bool) -> None:
@@ -76,6 +77,7 @@ class Node:
         self.sha256: str | None = None  # of the committed content, when this mount wrote it
         # index.json only: (etag, bytes) of the version this mount last read or published.
         self.index_base: tuple[str, bytes] | None = None
+        self.version = 0  # bumped whenever the committed content changes
 
     @property
     def immutable(self) -> bool:
@@ -86,6 +88,7 @@ class Node:
         if info.etag != self.etag:
             self.meta_known = False
             self.sha256 = None
+            self.version += 1
         self.size = info.size
         self.etag = info.etag
         self.committed = True
@@ -267,12 +270,17 @@ class Namespace:
             return
         if self.is_fresh(node) and node.meta_known:
             return
+        started = time.monotonic()
         try:
             info = await self.s3.head(self.key(node.path))
         except errors.NotFound:
+            if node.fetched > started:  # this mount published it meanwhile
+                return
             # Deleted (or turned into a prefix) by someone else.
             self._detach(node)
             raise
+        if node.fetched > started or node.session is not None:
+            return  # this mount changed it while the HEAD was in flight: ours is newer
         node.apply(info)
 
     async def list_dir(self, node: Node) -> list[tuple[str, Node]]:

@@ -42,6 +42,8 @@ MAX_SINGLE_COPY = 5 * 1024 * 1024 * 1024
 COPY_PART = 512 * 1024 * 1024
 
 Base = tuple[str, bytes]  # (etag, content) of an index.json version
+# An If-Match value no object has: forces a merge on the next publish (see _publish_index).
+MERGE_REQUIRED = '"ocifs-merge-required"'
 
 
 class Publisher:
@@ -51,9 +53,10 @@ class Publisher:
         self.ns = ns
         self.cache = cache
         self.conditional_writes = True
-        # (process id, key) -> the index.json version that process last opened for reading:
-        # the base of its next rewrite (oras reads index.json once, then writes it many times).
-        self._index_reads: cachetools.LRUCache[tuple[int, str], Base] = cachetools.LRUCache(4096)
+        # (process id, key) -> (node version, etag, content): the index.json as that process
+        # last saw it (read, or wrote itself): the base of its next rewrite. oras reads
+        # index.json once, then rewrites it several times from memory.
+        self._index_reads: cachetools.LRUCache[tuple[int, str], tuple[int, str, bytes]] = cachetools.LRUCache(4096)
 
     # --- startup ------------------------------------------------------------------------------
     async def probe_conditional_writes(self) -> bool:
@@ -97,6 +100,8 @@ class Publisher:
 
     async def _committed(self, node: Node, session: WriteSession, etag: str, size: int, mtime: float | None) -> None:
         key = self.ns.key(node.path)
+        if etag != node.etag:
+            node.version += 1
         node.etag, node.size, node.committed = etag, size, True
         node.explicit_mtime = False
         node.sha256 = session.sha256_if_cheap
@@ -111,22 +116,30 @@ class Publisher:
         log.debug("published %s (%d bytes)", key, size)
 
     # --- index.json ---------------------------------------------------------------------------
-    def record_index_read(self, pid: int | None, node: Node, content: bytes) -> None:
-        base = (node.etag, content)
-        node.index_base = base
+    def record_index_read(self, pid: int | None, node: Node, version: int, etag: str, content: bytes) -> None:
+        if version == node.version:
+            node.index_base = (etag, content)
         if pid is not None:
-            self._index_reads[(pid, self.ns.key(node.path))] = base
+            k = (pid, self.ns.key(node.path))
+            old = self._index_reads.get(k)
+            if old is None or old[0] <= version:  # a slow read never rolls the base back
+                self._index_reads[k] = (version, etag, content)
 
     def _base_for(self, node: Node, pid: int | None) -> Base | None:
         if pid is not None:
-            base = self._index_reads.get((pid, self.ns.key(node.path)))
-            if base is not None:
-                return base
+            seen = self._index_reads.get((pid, self.ns.key(node.path)))
+            if seen is not None:
+                return seen[1], seen[2]
         return node.index_base if node.committed else None
 
     async def _publish_index(self, node: Node, session: WriteSession, pid: int | None) -> None:
         ours = session.staging.pread(session.size, 0)
         etag, body = await self.publish_index_bytes(node, ours, pid)
+        node.version += 1
+        if pid is not None:
+            # The writer's view is now what it wrote. If that was merged with others' changes,
+            # its next rewrite (from the same in-memory state) must merge again.
+            self._index_reads[(pid, self.ns.key(node.path))] = (node.version, etag if body == ours else MERGE_REQUIRED, ours)
         if body != ours:
             session.staging.truncate(0)
             session.staging.pwrite(body, 0)
@@ -233,6 +246,7 @@ class Publisher:
             session.staging.pwrite(body, 0)
             session.size = len(body)
         src.etag, src.size, src.committed = etag, len(body), True
+        src.version += 1
         src.mtime = time.time()
         src.index_base = (etag, body)
         self.cache.put((self.ns.key(new_path), etag, 0), body)

@@ -93,6 +93,7 @@ class WriteSession:
         # True when this session rewrites a committed file from scratch (O_TRUNC): other
         # opens keep reading the committed version until the commit (atomic publish).
         self.private = private
+        self.owner: int | None = None  # the process doing a private rewrite (sees it early)
         self.dirty = True
         # Zero-copy commit: the key this file is streamed to before its final name exists
         # (oras' ingest/<hex>_N -> blobs/<alg>/<hex>). Close only seals; the rename publishes.

@@ -16,7 +16,7 @@ ORAS_VER=v1.3.6
 TOXIPROXY_MOD=github.com/Shopify/toxiproxy/v2/cmd/server
 TOXIPROXY_VER=v2.12.0
 # fuse3/libfuse3-dev: the mount; the rest are the real programs the tests and bench drive.
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv curl s3fs rclone skopeo umoci fio)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv curl s3fs rclone skopeo umoci fio docker-registry)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -272,7 +272,12 @@ class S3:
         self.client.create_bucket(Bucket=name)
 
     def put(self, bucket: str, key: str, data: bytes = b"") -> None:
-        self.client.put_object(Bucket=bucket, Key=key, Body=data)
+        if data:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data)
+        else:
+            # no Body at all: after a PUT with Body=b"" (botocore 1.40 + this MinIO) the
+            # next request on the same connection stalls for 30 s
+            self.client.put_object(Bucket=bucket, Key=key)
 
     def get(self, bucket: str, key: str) -> bytes:
         return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -536,18 +541,26 @@ class Mount:
             return f"(daemon log {self.log_file} is empty or missing)"
         return "--- ocifs daemon log (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
 
-    def teardown(self) -> None:
+    def teardown(self) -> str | None:
+        """Unmount with ``ocifs umount`` (lazy fusermount3 as a last resort) and clean up.
+
+        Returns a description of what went wrong with ``ocifs umount``, if anything.
+        """
+        problem = None
         try:
             if is_mounted(self.path):
-                run(
+                res = run(
                     [*ocifs_bin(), "umount", str(self.path)],
                     env=self.bucket.s3.env(),
                     timeout=UMOUNT_TIMEOUT,
                     check=False,
                 )
+                if res.returncode != 0 or is_mounted(self.path):
+                    problem = f"ocifs umount {self.path} failed\n{res.describe()}\n{self.log_tail()}"
         finally:
             force_unmount(self.path)
             shutil.rmtree(self.workdir, ignore_errors=True)
+        return problem
 
 
 @pytest.fixture
@@ -567,8 +580,9 @@ def mount_factory(request, tmp_path_factory):
         return m
 
     yield make
-    for m in reversed(mounts):
-        m.teardown()
+    problems = [p for m in reversed(mounts) if (p := m.teardown())]
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from interop_lib import build_umoci_image, fail, free_port, registry_bin, rmtree
+from .interop_lib import build_umoci_image, fail, free_port, registry_bin, rmtree
 
 DEBUG = ["--log-level", "debug"]  # argparse: the last --log-level wins
 

@@ -3,8 +3,8 @@
 The top-level ``tests/conftest.py`` owns the MinIO server, the buckets and the ocifs
 mounts; its fixtures (``s3``, ``bucket``, ``mount_factory``) reach this directory on
 their own. Its plain helper functions (``run``, ``require_tool``, ...) are loaded here
-from the file under a private module name: with the default ``prepend`` import mode
-``import conftest`` is ambiguous once this directory has a conftest.py of its own.
+from the file under a private module name rather than by ``import conftest``, which
+depends on import order once several directories have a conftest.py.
 """
 
 from __future__ import annotations

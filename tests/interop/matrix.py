@@ -69,7 +69,9 @@ def need(exe) -> str:
 
 
 class Ctx:
-    def __init__(self, name, mnt: Path, work: Path, img: Path, registry: str | None, remount):
+    def __init__(self, name, mnt: Path, work: Path, img: Path, registry: str | None, remount,
+                 s3=None, prefix=""):
+        self.s3, self.prefix = s3, prefix
         self.name, self.mnt, self.work, self.img, self.registry = name, mnt, work, img, registry
         self.remount = remount
         self.cmds: list[str] = []
@@ -143,9 +145,9 @@ def verify_layout(layout):
             doc = json.loads(data)
         except ValueError:
             continue
-        if isinstance(doc, dict):
+        if isinstance(doc, dict) and ("layers" in doc or "manifests" in doc):  # manifest/index
             for x in [doc.get("config")] + list(doc.get("layers") or []):
-                if isinstance(x, dict):
+                if isinstance(x, dict) and "digest" in x:
                     todo.append(x["digest"])
             todo += [m["digest"] for m in doc.get("manifests") or []]
     return seen
@@ -426,6 +428,108 @@ def _(c):
     check(names == {d.split(":")[1] for d in verify_layout(layout)}, "referenced blob lost")
 
 
+@step("fs", "index.json never empty/torn while `oras tag` rewrites it (20 tags)")
+def _(c):
+    import threading
+    layout = c.mnt / "hello"
+    stop, bad, reads = threading.Event(), [], [0]
+
+    def reader():
+        while not stop.is_set():
+            data = b""
+            try:
+                data = (layout / "index.json").read_bytes()
+                json.loads(data)["manifests"]
+            except Exception as e:  # empty, truncated or half-written
+                bad.append(f"{type(e).__name__} on {len(data)} bytes")
+            reads[0] += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(20):
+            c.oras("tag", "--oci-layout", f"{c.mnt}/hello:v1", f"t{i}")
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    c.cmds[:] = [c.cmds[0].replace("t0", "t{0..19}") + "   # while a thread re-reads index.json"]
+    check(not bad, f"{len(bad)} of {reads[0]} reads saw a bad index.json, e.g. {bad[0] if bad else ''}")
+    check({f"t{i}" for i in range(20)} <= set(tagged(layout)), "tags lost")
+
+
+@step("fs", "pushed objects are in S3 when `oras push` returns (no umount, no sync)")
+def _(c):
+    d = json.loads(c.oras("push", "--oci-layout", f"{c.mnt}/durable:v1", "--format", "json",
+                          "a.txt", "b.bin", cwd=src_files(c)))
+    c.cmds.append("aws s3api list-objects-v2 / get-object on <prefix>/durable/ right after it returns")
+    keys = set()
+    for page in c.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=c.prefix + "durable/"):
+        keys |= {o["Key"][len(c.prefix):] for o in page.get("Contents", [])}
+    want = {f"durable/blobs/sha256/{x.split(':')[1]}" for x in
+            [d["digest"], sha256_file(src_files(c) / "a.txt"), sha256_file(src_files(c) / "b.bin")]}
+    want |= {"durable/index.json", "durable/oci-layout"}
+    check(want <= keys, f"missing in S3: {sorted(k.split('/')[-1][:12] for k in want - keys)}")
+    idx = c.s3.get_object(Bucket=BUCKET, Key=c.prefix + "durable/index.json")["Body"].read()
+    check(json.loads(idx)["manifests"][0]["digest"] == d["digest"], "index.json in S3 is stale")
+
+
+@step("fs", "256 MiB blob: oras push then pull (throughput)")
+def _(c):
+    big = c.work / "big"
+    big.mkdir()
+    with open(big / "big.bin", "wb") as f:
+        base = random.Random(9).randbytes(1024 * 1024)
+        for i in range(256):
+            f.write(base[i:] + base[:i])
+    t0 = time.monotonic()
+    c.oras("push", "--oci-layout", f"{c.mnt}/big:v1", "big.bin", cwd=big)
+    t1 = time.monotonic()
+    out = c.work / "bigout"
+    out.mkdir()
+    c.oras("pull", "--oci-layout", f"{c.mnt}/big:v1", "-o", out, cwd=out)
+    t2 = time.monotonic()
+    check(sha256_file(out / "big.bin") == sha256_file(big / "big.bin"), "bytes differ")
+    c.state["note"] = f"push {256 / (t1 - t0):.0f} MiB/s, pull {256 / (t2 - t1):.0f} MiB/s"
+    (big / "big.bin").unlink()
+    (out / "big.bin").unlink()
+
+
+@step("fs", "2 oras processes push different tags into one layout at once (5 rounds): no tag lost")
+def _(c):
+    s = src_files(c)
+    c.oras("push", "--oci-layout", f"{c.mnt}/race:base", "a.txt", cwd=s)
+    lost = []
+    for r in range(5):
+        procs = []
+        for i, f in enumerate(("a.txt", "c.json")):
+            args = [str(ORAS), "push", "--oci-layout", f"{c.mnt}/race:r{r}w{i}", f]
+            if r == 0:
+                c.cmds.append(c.show(args) + " &")
+            procs.append(subprocess.Popen(args, cwd=s, env=c.env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        errs = [p.communicate(timeout=STEP_TIMEOUT)[1] for p in procs]
+        for i, p in enumerate(procs):
+            check(p.returncode == 0, f"round {r} push {i}: {errs[i].decode().strip()[-150:]}")
+        tags = tagged(c.mnt / "race")
+        lost += [f"r{r}w{i}" for i in range(2) if f"r{r}w{i}" not in tags]
+    c.cmds.append("# 5 rounds, then: oras repo tags --oci-layout $MNT/race")
+    check(not lost, f"{len(lost)} of 10 tags lost")
+
+
+@step("fs", "re-push to an existing tag: index.json as oras wrote it (same as local disk)")
+def _(c):
+    s = src_files(c)
+    created = ["--annotation", "org.opencontainers.image.created=2020-01-01T00:00:00Z"]
+    entries = {}
+    for where in (c.work / "localdisk", c.mnt):
+        c.oras("push", "--oci-layout", f"{where}/mv:v1", *created, "a.txt", cwd=s)
+        c.oras("push", "--oci-layout", f"{where}/mv:v1", *created, "c.json", cwd=s)
+        idx = json.loads((where / "mv" / "index.json").read_bytes())
+        entries[where] = sorted(json.dumps(d, sort_keys=True) for d in idx["manifests"])
+    got, want = entries[c.mnt], entries[c.work / "localdisk"]
+    check(got == want, f"{len(got)} entries, local disk has {len(want)}")
+
+
 @step("all", "remount, every layout verifies")
 def _(c):
     c.remount()
@@ -583,13 +687,15 @@ class S3fsMount:
 def run_matrix(fs, img: Path, registry, work: Path, s3, prefix: str):
     results = []
     fs.mount()
-    c = Ctx(fs.name, fs.mnt, work, img, registry, remount=lambda: (fs.umount(), fs.mount()))
+    c = Ctx(fs.name, fs.mnt, work, img, registry, remount=lambda: (fs.umount(), fs.mount()),
+            s3=s3, prefix=prefix)
     for client, verb, fn in STEPS:
         c.cmds = []
+        c.state.pop("note", None)
         t0 = time.monotonic()
         try:
             fn(c)
-            ok, note = True, ""
+            ok, note = True, c.state.get("note", "")
         except StepFail as e:
             ok, note = False, str(e)
         except Exception as e:  # a check crashed: record it, keep going
@@ -638,7 +744,18 @@ def render(all_results, stats, mounts, registry) -> str:
             _c, _v, ok, dt, note, _cmds = all_results[n][i]
             cells.append(f"{'ok' if ok else '**FAIL**'} {dt:.2f}s" + (f" — {note}" if note else ""))
         lines.append(f"| {client} | {verb} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += ["", "Bucket contents after unmount:", ""]
+    lines += [
+        "",
+        "Rows marked `fs` probe what the clients rely on from the filesystem rather than a verb: "
+        "a thread re-reading index.json while `oras tag` rewrites it in place (O_TRUNC); objects in "
+        "S3 as soon as a command returns (oras never fsyncs); a 256 MiB blob; two oras processes "
+        "racing to add different tags to one existing layout (on a local disk oras loses tags: "
+        "no cross-process lock); and a re-push to an existing tag, whose index.json must equal "
+        "the one oras writes on a local disk (compared as a multiset: oras-go writes in map order).",
+        "",
+        "Bucket contents after unmount:",
+        "",
+    ]
     for n in names:
         s = stats[n]
         lines.append(f"- {n}: {s['objects']} objects, {s['dir_markers']} directory-marker objects "
@@ -656,6 +773,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--only", choices=["ocifs", "s3fs"])
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (ocifs debug log)")
     args = ap.parse_args()
     for t in ("skopeo", "umoci", "fusermount3", ORAS, MINIO, OCIFS):
         need(t)
@@ -672,7 +790,6 @@ def main():
         # the image both runs copy in
         imgwork = root / "image"
         imgwork.mkdir()
-        sys.path.insert(0, str(Path(__file__).parent))
         img = imgwork / "layout"
         _build_image(img, imgwork)
         all_results, stats = {}, {}
@@ -695,7 +812,10 @@ def main():
             m.cleanup()
         for p in procs:
             stop(p)
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root} (ocifs log: {root / 'ocifs' / 'ocifs.log'})")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _build_image(layout: Path, work: Path):

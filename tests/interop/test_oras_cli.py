@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from interop_lib import (
+from .interop_lib import (
     MiB,
     assert_layout_blobs_verify,
     blob_path,
@@ -363,3 +363,118 @@ def test_cp_between_two_layouts_on_the_mount(ocifs, tmp_path):
          "--to-oci-layout", f"{ocifs.path}/cpdst:v2")
     assert tagged(ocifs.path / "cpdst") == {"v2": desc["digest"]}
     assert_layout_blobs_verify(ocifs.path / "cpdst")
+
+
+# --------------------------------------------------------------------------- filesystem semantics oras relies on
+
+
+def test_index_json_never_torn_for_a_reader_while_oras_tag_rewrites_it(ocifs, tmp_path):
+    """oras rewrites index.json in place (O_TRUNC, no temp file): readers must never see it
+    empty or half-written (oras-go PR #1301). On s3fs the next `oras tag` reads it empty."""
+    import threading
+
+    src = make_files(tmp_path / "src", {"a.txt": b"a\n"})
+    desc = push(f"{ocifs.path}/torn:v1", ["a.txt"], src)
+    layout = ocifs.path / "torn"
+    stop, bad, reads = threading.Event(), [], [0]
+
+    def reader():
+        while not stop.is_set():
+            data = b""
+            try:
+                data = (layout / "index.json").read_bytes()
+                json.loads(data)["manifests"]
+            except Exception as e:
+                bad.append(f"{type(e).__name__} on {len(data)} bytes")
+            reads[0] += 1
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    try:
+        for i in range(20):
+            oras("tag", "--oci-layout", f"{layout}:v1", f"t{i}")
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert reads[0] > 20
+    assert not bad, f"{len(bad)} of {reads[0]} reads saw a bad index.json: {bad[:5]}"
+    assert tagged(layout) == {"v1": desc["digest"], **{f"t{i}": desc["digest"] for i in range(20)}}
+
+
+def test_pushed_objects_are_in_s3_when_oras_push_returns(ocifs, bucket, tmp_path):
+    """oras never fsyncs; a push that has returned must still be visible to other S3 readers."""
+    data = random.Random(6).randbytes(MiB + 1)
+    src = make_files(tmp_path / "src", {"a.txt": b"a\n", "b.bin": data})
+    desc = push(f"{ocifs.path}/durable:v1", ["a.txt", "b.bin"], src)
+    keys = set(bucket.list("durable/"))
+    want = {
+        f"durable/blobs/sha256/{d.split(':')[1]}"
+        for d in (desc["digest"], sha256_bytes(b"a\n"), sha256_bytes(data))
+    } | {"durable/index.json", "durable/oci-layout"}
+    assert want <= keys, f"not in S3 yet: {sorted(want - keys)}"
+    assert bucket.get(f"durable/blobs/sha256/{sha256_bytes(data).split(':')[1]}") == data
+    assert json.loads(bucket.get("durable/index.json"))["manifests"][0]["digest"] == desc["digest"]
+
+
+def _index_entries(layout) -> list[str]:
+    """index.json manifests as a sorted multiset (oras-go writes them in map order)."""
+    return sorted(json.dumps(d, sort_keys=True) for d in read_index(layout)["manifests"])
+
+
+def test_repush_to_existing_tag_leaves_the_index_oras_wrote(ocifs, tmp_path):
+    """Pushing new content to an existing tag: oras-go writes index.json twice in one
+    process ([A@v1, B] then [B@v1, A]). The published index must be oras's last write,
+    exactly as on a local disk: the new manifest tagged, the old one kept untagged, no
+    other entries."""
+    created = ["--annotation", "org.opencontainers.image.created=2020-01-01T00:00:00Z"]
+    src = make_files(tmp_path / "src", {"a.txt": b"first\n", "b.txt": b"second\n"})
+    local = tmp_path / "local"
+    local.mkdir()
+    results = {}
+    for where in (local, ocifs.path):
+        first = push(f"{where}/mv:v1", ["a.txt"], src, *created)
+        second = push(f"{where}/mv:v1", ["b.txt"], src, *created)
+        results[where] = (first["digest"], second["digest"])
+    assert results[local] == results[ocifs.path]  # same manifests on both
+    old, new = results[local]
+    assert _index_entries(ocifs.path / "mv") == _index_entries(local / "mv")
+    entries = [(d["digest"], (d.get("annotations") or {}).get("org.opencontainers.image.ref.name"))
+               for d in read_index(ocifs.path / "mv")["manifests"]]
+    assert sorted(entries, key=str) == sorted([(new, "v1"), (old, None)], key=str)
+
+
+def test_two_oras_processes_pushing_different_tags_into_one_layout_keep_both(ocifs, tmp_path):
+    """oras does read-modify-write of index.json with no cross-process lock, so on a local
+    disk one of two racing pushes loses its tag; ocifs publishes index.json conditionally and
+    merges. Both tags must survive, each pointing at its own manifest. The layout exists
+    before the race (two processes racing to *create* index.json is a separate matter)."""
+    exe = require_tool(top.TOOLS / "oras")
+    env = {**os.environ, "HOME": str(tmp_path / "oras-home")}
+    (tmp_path / "oras-home").mkdir()
+    layout = ocifs.path / "shared"
+    base = push(f"{layout}:base", ["base.txt"], make_files(tmp_path / "b", {"base.txt": b"base\n"}))
+    want = {"base": base["digest"]}
+    for rnd in range(3):
+        srcs = [make_files(tmp_path / f"r{rnd}s{i}", {f"f{i}.txt": f"round {rnd} writer {i}\n".encode()})
+                for i in range(2)]
+        procs = [
+            subprocess.Popen(
+                [exe, "push", "--oci-layout", f"{layout}:r{rnd}w{i}", "--format", "json", f"f{i}.txt"],
+                cwd=srcs[i], env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            for i in range(2)
+        ]
+        for i, p in enumerate(procs):
+            try:
+                out, err = p.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                pytest.fail(f"round {rnd}: push {i} timed out")
+            assert p.returncode == 0, f"round {rnd} push {i}: {err.decode(errors='replace')}"
+            want[f"r{rnd}w{i}"] = json.loads(out)["digest"]
+        got = tagged(layout)
+        assert {t: got.get(t) for t in want} == want, f"round {rnd}: tags lost or wrong: {got}"
+    assert_layout_blobs_verify(layout)
+    assert repo_tags(layout) == sorted(want)

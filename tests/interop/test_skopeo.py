@@ -13,7 +13,7 @@ import tarfile
 
 import pytest
 
-from interop_lib import (
+from .interop_lib import (
     archive_index,
     assert_layout_blobs_verify,
     blob_path,

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from interop_lib import (
+from .interop_lib import (
     assert_layout_blobs_verify,
     blob_path,
     files_under,
