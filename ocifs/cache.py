@@ -31,6 +31,10 @@ class _Pending:
 class ChunkCache:
     def __init__(self, max_bytes: int, chunk_size: int) -> None:
         self.chunk_size = chunk_size
+        self.max_bytes = max(max_bytes, chunk_size)
+        # Bytes of GETs in flight: they count against the budget too, so cached plus
+        # arriving chunks never exceed max_bytes (the daemon's memory stays bounded).
+        self.pending_bytes = 0
         self._lru: cachetools.LRUCache[ChunkKey, bytes] = cachetools.LRUCache(
             maxsize=max(max_bytes, chunk_size), getsizeof=len
         )
@@ -47,7 +51,12 @@ class ChunkCache:
 
     def put(self, ck: ChunkKey, data: bytes) -> None:
         if len(data) <= self._lru.maxsize:
+            self._make_room(len(data))
             self._lru[ck] = data
+
+    def _make_room(self, nbytes: int) -> None:
+        while self._lru and self._lru.currsize + self.pending_bytes + nbytes > self.max_bytes:
+            self._lru.popitem()
 
     def is_present_or_pending(self, ck: ChunkKey) -> bool:
         return ck in self._lru or ck in self._pending
@@ -74,21 +83,29 @@ class ChunkCache:
         self._pending[ck] = pending
         start = ck[2] * self.chunk_size
         end = min(start + self.chunk_size, object_size)
+        self._make_room(end - start)
+        self.pending_bytes += end - start
         try:
             data = await fetch(start, end)
             pending.data = data
-            self.put(ck, data)
-            return data
         except BaseException as exc:
             pending.error = exc
             raise
         finally:
+            self.pending_bytes -= end - start
             del self._pending[ck]
             pending.done.set()
+        self.put(ck, data)
+        return data
+
+    def has_room_for_prefetch(self) -> bool:
+        """Read-ahead may use at most half the budget in flight, so it never evicts the
+        chunks it fetched before they are read."""
+        return self.pending_bytes + self.chunk_size <= self.max_bytes // 2
 
     async def prefetch(self, ck: ChunkKey, object_size: int, fetch: Fetch) -> None:
         """Fill a chunk in the background; errors are left for the real read to meet."""
-        if self.is_present_or_pending(ck):
+        if self.is_present_or_pending(ck) or not self.has_room_for_prefetch():
             return
         try:
             await self._fill(ck, object_size, fetch)

@@ -490,6 +490,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self.s3.stats["fuse.reads"] += 1
         h = self._handles[fh]
         node = h.node
         session = h.session or node.session
@@ -535,7 +536,8 @@ class Operations(pyfuse3.Operations):
         for idx in range(off // cs, (end - 1) // cs + 1):
             data = await self._chunk(h.key, h.etag, h.size, idx)
             base = idx * cs
-            out.append(data[max(off, base) - base : end - base])
+            # A memoryview slice: pyfuse3 replies from the buffer, no copy of the bytes.
+            out.append(memoryview(data)[max(off, base) - base : end - base])
         return out[0] if len(out) == 1 else b"".join(out)
 
     async def _prefetch(self, key: str, etag: str, size: int, idx: int) -> None:
@@ -547,6 +549,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self.s3.stats["fuse.writes"] += 1
         h = self._handles[fh]
         node = h.node
         self._check_writable()

@@ -101,8 +101,23 @@ def tune_kernel(mountpoint: Path) -> None:
         log.info("could not raise kernel read-ahead (%s): %s", bdi, exc.strerror)
 
 
+def limit_malloc_retention() -> None:
+    """Give freed chunk buffers back to the OS.
+
+    glibc raises its mmap threshold after large frees, so 8 MiB chunk buffers end up on the
+    heap and RSS never shrinks; a fixed 1 MiB threshold keeps every chunk in its own mapping.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def run(cfg: Config, mountpoint: Path, ready_fd: int | None = None) -> None:
     """Mount and serve until unmounted or signalled. Raises OcifsError on startup problems."""
+    limit_malloc_retention()
     s3 = S3(cfg)
     try:
         s3.open_blocking()

@@ -297,13 +297,20 @@ class S3:
             if etag:
                 kw["IfMatch"] = etag
             r = await self._client.get_object(**kw)
+            # Read straight into one buffer: body.read() would hold every piece and the joined
+            # copy at once (twice the chunk per request in flight).
+            buf = bytearray(want)
+            pos = 0
             async with r["Body"] as body:
-                data = await body.read()
-            if len(data) != want:
-                raise errors.RemoteError(
-                    f"GetObject {key} [{start},{end}): got {len(data)} bytes, expected {want}"
-                )
-            return data
+                async for piece in body.content.iter_chunked(1 << 20):
+                    n = len(piece)
+                    if pos + n > want:
+                        raise errors.RemoteError(f"GetObject {key} [{start},{end}): body longer than asked")
+                    buf[pos : pos + n] = piece
+                    pos += n
+            if pos != want:
+                raise errors.RemoteError(f"GetObject {key} [{start},{end}): got {pos} bytes, expected {want}")
+            return bytes(buf) if want <= 65536 else buf  # type: ignore[return-value]
 
         data = await self.call("GetObject", go)
         self.stats["bytes.in"] += len(data)
