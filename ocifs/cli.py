@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from ocifs import __version__, errors
-from ocifs.config import Config, MiB, default_cache_dir
+from ocifs import settings
+from ocifs.config import Config
 
 log = logging.getLogger("ocifs")
 
@@ -74,24 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mount s3://BUCKET[/PREFIX] on MOUNTPOINT. Credentials come from botocore's "
         "usual chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, --profile, instance roles).",
     )
-    m.add_argument("url", help="s3://BUCKET[/PREFIX]")
-    m.add_argument("mountpoint", type=Path)
-    _s3_args(m)
-    m.add_argument("--read-only", action="store_true", help="refuse every write with EROFS")
+    m.add_argument("url", nargs="?", help="s3://BUCKET[/PREFIX] (or 'url' in --config / $OCIFS_URL)")
+    m.add_argument("mountpoint", nargs="?", type=Path, help="mount point (or 'mountpoint' in --config / $OCIFS_MOUNTPOINT)")
+    m.add_argument("--config", type=Path, default=os.environ.get("OCIFS_CONFIG"), metavar="FILE", help="TOML file of settings (precedence: flags > OCIFS_* env > file > defaults)")
+    m.add_argument("--print-config", action="store_true", help="print the effective settings and where each came from, then exit")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground (default: return once mounted)")
-    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]", help="FUSE mount options, e.g. allow_other")
-    m.add_argument("--cache-dir", type=Path, default=None, help=f"staging and cache directory (default {default_cache_dir()}/<mount>)")
-    m.add_argument("--cache-size", type=_positive(int, 16), default=512, metavar="MIB", help="memory for cached chunks (default 512)")
-    m.add_argument("--chunk-size", type=_positive(int, 1), default=8, metavar="MIB", help="ranged GET / cache unit (default 8)")
-    m.add_argument("--part-size", type=_positive(int, 5), default=8, metavar="MIB", help="multipart upload part size (default 8, min 5)")
-    m.add_argument("--concurrency", type=_positive(int, 1), default=16, metavar="N", help="S3 requests in flight (default 16)")
-    m.add_argument("--max-readahead", type=_positive(int, 1), default=128, metavar="MIB", help="read-ahead ceiling per file (default 128)")
-    m.add_argument("--metadata-ttl", type=_positive(float, 0), default=1.0, metavar="SECONDS", help="revalidate mutable files after (default 1)")
-    m.add_argument("--op-timeout", type=_positive(float, 1), default=300.0, metavar="SECONDS", help="EIO after (default 300)")
-    m.add_argument("--no-zero-copy", dest="zero_copy", action="store_false", help="upload oras ingest files under their temp name and copy on rename (for comparison)")
-    m.add_argument("--verify-reads", action="store_true", help="check blob digests when read front to back (EIO on mismatch)")
-    m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    m.add_argument("--log-file", type=Path, default=None, help="log here (default: stderr in foreground, <cache-dir>/ocifs.log otherwise)")
+    settings.add_flags(m)
     m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     u = sub.add_parser("umount", help="flush pending uploads and unmount", description="Unmount MOUNTPOINT after pending uploads are published.")
@@ -140,52 +129,42 @@ def cmd_tool(a: argparse.Namespace) -> int:
     return tools.fsck(cfg, a.grace, a.repair)
 
 
-def config_from_args(a: argparse.Namespace, mountpoint: Path) -> Config:
-    bucket, prefix = parse_s3_url(a.url)
-    region = a.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region is None and a.endpoint_url:
-        region = "us-east-1"
-    if a.endpoint_url and not re.match(r"^https?://[^/]+", a.endpoint_url):
-        raise UsageError(f"--endpoint-url must be http(s)://HOST[:PORT], got {a.endpoint_url!r}")
-    if a.chunk_size > 1024 or a.part_size > 5 * 1024:
-        raise UsageError("--chunk-size is at most 1024 MiB and --part-size at most 5120 MiB")
-    options: list[str] = []
-    for o in a.options:
-        options.extend(x for x in o.split(",") if x)
-    import hashlib
-
-    cache_dir = a.cache_dir or default_cache_dir() / hashlib.sha1(str(mountpoint).encode()).hexdigest()[:12]
-    return Config(
-        bucket=bucket,
-        prefix=prefix,
-        endpoint_url=a.endpoint_url,
-        region=region,
-        profile=a.profile,
-        read_only=a.read_only,
-        fuse_options=tuple(options),
-        cache_dir=cache_dir.resolve(),
-        cache_size=a.cache_size * MiB,
-        chunk_size=a.chunk_size * MiB,
-        part_size=a.part_size * MiB,
-        concurrency=a.concurrency,
-        max_readahead=a.max_readahead * MiB,
-        metadata_ttl=a.metadata_ttl,
-        op_timeout=a.op_timeout,
-        verify_reads=a.verify_reads,
-        zero_copy=a.zero_copy,
-        log_level=a.log_level,
-        log_file=a.log_file,
-    )
+def config_from_args(a: argparse.Namespace) -> tuple[dict[str, object], str]:
+    flags = {k: v for k, v in vars(a).items() if k in settings.BY_NAME}
+    flags["url"], flags["mountpoint"] = a.url, a.mountpoint
+    try:
+        values, sources = settings.resolve(flags, os.environ, a.config)
+    except settings.SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    return values, settings.render(values, sources)
 
 
-def setup_logging(level: str, log_file: Path | None) -> None:
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        out = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, log_file: Path | None, fmt: str = "text") -> None:
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -196,13 +175,18 @@ def setup_logging(level: str, log_file: Path | None) -> None:
 def cmd_mount(a: argparse.Namespace) -> int:
     from ocifs import mount
 
-    mountpoint = Path(os.path.abspath(a.mountpoint))
-    cfg = config_from_args(a, mountpoint)
+    values, rendered = config_from_args(a)
+    if a.print_config:
+        sys.stdout.write(rendered)
+        return 0
+    cfg = settings.to_config(values)
+    assert cfg.mountpoint is not None
+    mountpoint = cfg.mountpoint
     if a.ready_fd is None:  # the daemon's parent checked this already
         mount.check_mountpoint(mountpoint)
     if not a.foreground:
         return _spawn_daemon(a, cfg, mountpoint)
-    setup_logging(cfg.log_level, cfg.log_file)
+    setup_logging(cfg.log_level, cfg.log_file, cfg.log_format)
     try:
         mount.run(cfg, mountpoint, a.ready_fd)
     except errors.OcifsError as exc:

@@ -44,7 +44,11 @@ class Config:
     # Hash blobs read front to back and fail the last read (EIO) if the digest is wrong.
     verify_reads: bool = False
     log_level: str = "info"
+    log_format: str = "text"
     log_file: Path | None = None
+    # Prometheus text over HTTP on HOST:PORT (opt-in); the unix socket is always there.
+    metrics_addr: str | None = None
+    mountpoint: Path | None = None
 
     @property
     def staging_dir(self) -> Path:

@@ -93,3 +93,33 @@ def fetch(path: Path, timeout: float = 5.0) -> str:
                 break
             chunks.append(b)
     return b"".join(chunks).decode()
+
+
+async def serve_http(addr: str, source: Source) -> None:
+    """Opt-in Prometheus endpoint: GET /metrics on HOST:PORT (any path answers the same)."""
+    host, _, port = addr.rpartition(":")
+    try:
+        await trio.serve_tcp(lambda stream: _http_one(stream, source), int(port), host=host.strip("[]") or "127.0.0.1")
+    except Exception as exc:
+        log.warning("metrics endpoint %s stopped: %s", addr, exc)
+
+
+async def _http_one(stream: trio.SocketStream, source: Source) -> None:
+    try:
+        with trio.move_on_after(5):
+            request = b""
+            while b"\r\n\r\n" not in request and len(request) < 8192:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                request += data
+            body = render(source()).encode()
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            await stream.send_all(head + body)
+    except (trio.BrokenResourceError, OSError):
+        pass
+    finally:
+        await stream.aclose()

@@ -150,6 +150,8 @@ async def _serve(ops: Operations, s3: S3, cfg: Config, mountpoint: Path, ready_f
             await ops.publisher.probe_conditional_writes()
         nursery.start_soon(_on_signals)
         nursery.start_soon(metrics.serve, stats_socket(mountpoint), ops.counters)
+        if cfg.metrics_addr:
+            nursery.start_soon(metrics.serve_http, cfg.metrics_addr, ops.counters)
         nursery.start_soon(_announce_ready, mountpoint, ready_fd)
         await pyfuse3.main()
         log.info("FUSE loop ended; publishing pending writes")
@@ -161,6 +163,7 @@ async def _on_signals() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for sig in signals:
             log.info("got %s: unmounting after pending uploads", signal.Signals(sig).name)
+            _notify_systemd(b"STOPPING=1")
             pyfuse3.terminate()
             return
 
@@ -174,7 +177,7 @@ async def _announce_ready(mountpoint: Path, ready_fd: int | None) -> None:
     _notify_systemd()
 
 
-def _notify_systemd() -> None:
+def _notify_systemd(message: bytes = b"READY=1") -> None:
     """Tell systemd (Type=notify) that the mount answers, if we run under it."""
     sock = os.environ.get("NOTIFY_SOCKET")
     if not sock:
@@ -185,7 +188,7 @@ def _notify_systemd() -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         try:
             s.connect(addr)
-            s.sendall(b"READY=1")
+            s.sendall(message)
         except OSError as exc:
             log.warning("sd_notify failed: %s", exc)
 

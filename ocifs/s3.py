@@ -179,6 +179,16 @@ class S3:
         )
         self._exit_stack = ctx
         self._client = await ctx.__aenter__()
+        self._client.meta.events.register("needs-retry.s3", self._count_retry)
+
+    def _count_retry(self, attempts: int = 0, **_: Any) -> None:
+        """botocore asks whether to retry after every attempt; count the ones it will."""
+        # Runs before botocore's own handler decides; counting the attempts that ended in an
+        # error or a retryable status is close enough for a metric.
+        response = _.get("response")
+        caught = _.get("caught_exception")
+        if caught is not None or (response is not None and response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500):
+            self.stats["retries"] += 1
 
     async def _close(self) -> None:
         if self._exit_stack is not None:

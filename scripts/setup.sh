@@ -64,4 +64,11 @@ go_tool oras  "$ORAS_MOD"  "$ORAS_VER"
 go_tool minio "$MINIO_MOD" "$MINIO_VER"
 go_tool toxiproxy-server "$TOXIPROXY_MOD" "$TOXIPROXY_VER" server
 
+# --- entry points where systemd units and mount(8) look for them (root only) -------------
+if [ "$(id -u)" -eq 0 ]; then
+    ln -sfn "$ROOT/.venv/bin/ocifs" /usr/local/bin/ocifs
+    ln -sfn "$ROOT/.venv/bin/mount.ocifs" /usr/local/bin/mount.ocifs
+    ln -sfn "$ROOT/.venv/bin/mount.ocifs" /sbin/mount.fuse.ocifs  # mount -t fuse.ocifs
+fi
+
 log "ready: .venv and $(ls "$TOOLS" | tr '\n' ' ')"

@@ -1,0 +1,223 @@
+"""Where a mount's settings come from: flags > environment (``OCIFS_*``) > config file > defaults.
+
+One table (:data:`SETTINGS`) drives the command-line flags, the ``OCIFS_<NAME>`` environment
+variables, the TOML keys and ``ocifs mount --print-config``, so the four never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ocifs.config import Config, MiB, default_cache_dir
+
+ENV_PREFIX = "OCIFS_"
+
+
+class SettingsError(Exception):
+    """A bad value in a flag, an environment variable or the config file (one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str  # TOML key; flag is --name-with-dashes; env is OCIFS_NAME
+    kind: type  # str, int, float, bool, Path, list
+    default: Any
+    help: str
+    metavar: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("url", str, None, "s3://BUCKET[/PREFIX] to mount", "S3_URL"),
+    Setting("mountpoint", Path, None, "where to mount it", "DIR"),
+    Setting("endpoint_url", str, None, "S3 endpoint (MinIO, R2, ...); default: AWS", "URL"),
+    Setting("region", str, None, "region (default: botocore's; us-east-1 with an endpoint)"),
+    Setting("profile", str, None, "AWS profile for credentials"),
+    Setting("read_only", bool, False, "refuse every write with EROFS"),
+    Setting("options", list, [], "FUSE mount options, e.g. allow_other", "OPT[,OPT]"),
+    Setting("cache_dir", Path, None, "staging and log directory (default ~/.cache/ocifs/<mount hash>)", "DIR"),
+    Setting("cache_size", int, 512, "MiB of memory for cached chunks", "MIB", 16),
+    Setting("chunk_size", int, 8, "MiB per ranged GET and cache chunk", "MIB", 1, 1024),
+    Setting("part_size", int, 8, "MiB per multipart upload part (min 5)", "MIB", 5, 5120),
+    Setting("concurrency", int, 16, "S3 requests in flight for the whole mount", "N", 1, 1024),
+    Setting("max_readahead", int, 128, "MiB of read-ahead per open file at most", "MIB", 1),
+    Setting("metadata_ttl", float, 1.0, "seconds before attributes of mutable files are revalidated", "SECONDS", 0),
+    Setting("op_timeout", float, 300.0, "seconds a FUSE operation may wait on S3 before EIO", "SECONDS", 1),
+    Setting("zero_copy", bool, True, "stream oras ingest files straight to their blob key"),
+    Setting("verify_reads", bool, False, "check blob digests when read front to back (EIO on mismatch)"),
+    Setting("log_level", str, "info", "log level", None, choices=("debug", "info", "warning", "error")),
+    Setting("log_format", str, "text", "log format", None, choices=("text", "json")),
+    Setting("log_file", Path, None, "log file (default: stderr in foreground, <cache-dir>/ocifs.log otherwise)", "FILE"),
+    Setting("metrics_addr", str, None, "also serve Prometheus metrics over HTTP on HOST:PORT (e.g. 127.0.0.1:9877)", "HOST:PORT"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def convert(s: Setting, value: Any, where: str) -> Any:
+    """Check and convert one value from any source."""
+    try:
+        if s.kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        if s.kind is list:
+            items = value if isinstance(value, list) else str(value).split(",")
+            return [str(x).strip() for x in items if str(x).strip()]
+        if s.kind is Path:
+            return Path(os.path.expanduser(str(value)))
+        if s.kind in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            v = s.kind(value)
+            if s.minimum is not None and v < s.minimum:
+                raise ValueError(f"must be at least {s.minimum:g}")
+            if s.maximum is not None and v > s.maximum:
+                raise ValueError(f"must be at most {s.maximum:g}")
+            return v
+        v = str(value)
+        if s.choices and v not in s.choices:
+            raise ValueError(f"must be one of {', '.join(s.choices)}")
+        return v
+    except ValueError as exc:
+        raise SettingsError(f"{where}: {s.name}: {exc}") from None
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """Every setting as a flag whose default is None, so unset flags are visible."""
+    for s in SETTINGS:
+        if s.name in ("url", "mountpoint"):
+            continue
+        if s.kind is bool:
+            p.add_argument(s.flag, dest=s.name, action="store_const", const=True, default=None, help=s.help)
+            p.add_argument("--no-" + s.flag[2:], dest=s.name, action="store_const", const=False, help=argparse.SUPPRESS)
+        elif s.kind is list:
+            p.add_argument("-o", dest=s.name, action="append", default=None, metavar=s.metavar, help=s.help)
+        else:
+            p.add_argument(s.flag, dest=s.name, default=None, metavar=s.metavar, choices=s.choices, help=f"{s.help} (default {s.default})" if s.default is not None else s.help)
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path}: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror}") from None
+    unknown = sorted(set(data) - set(BY_NAME))
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown setting {unknown[0]!r}")
+    return data
+
+
+def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config_file: Path | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Effective values and where each came from ("default", "file", "env", "flag")."""
+    values = {s.name: s.default for s in SETTINGS}
+    sources = {s.name: "default" for s in SETTINGS}
+    if config_file is not None:
+        for k, v in read_file(config_file).items():
+            values[k] = convert(BY_NAME[k], v, str(config_file))
+            sources[k] = f"file {config_file}"
+    for s in SETTINGS:
+        if s.env in env:
+            values[s.name] = convert(s, env[s.env], f"${s.env}")
+            sources[s.name] = f"env {s.env}"
+    for s in SETTINGS:
+        v = flags.get(s.name)
+        if v is None:
+            continue
+        if s.kind is list:
+            v = [x for item in v for x in str(item).split(",") if x]
+        values[s.name] = convert(s, v, s.flag)
+        sources[s.name] = "flag"
+    return values, sources
+
+
+def to_config(values: Mapping[str, Any]) -> Config:
+    from ocifs.cli import UsageError, parse_s3_url
+
+    if not values.get("url"):
+        raise UsageError("no s3://BUCKET[/PREFIX] given (argument, OCIFS_URL or 'url' in the config file)")
+    if not values.get("mountpoint"):
+        raise UsageError("no mountpoint given (argument, OCIFS_MOUNTPOINT or 'mountpoint' in the config file)")
+    bucket, prefix = parse_s3_url(values["url"])
+    mountpoint = Path(os.path.abspath(values["mountpoint"]))
+    endpoint = values["endpoint_url"] or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and not re.match(r"^https?://[^/]+", endpoint):
+        raise UsageError(f"endpoint_url must be http(s)://HOST[:PORT], got {endpoint!r}")
+    metrics = values.get("metrics_addr")
+    if metrics and not re.match(r"^[\w.\-\[\]:]+:\d+$", metrics):
+        raise UsageError(f"metrics_addr must be HOST:PORT, got {metrics!r}")
+    region = values["region"] or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region is None and endpoint:
+        region = "us-east-1"
+    cache_dir = values["cache_dir"] or default_cache_dir() / hashlib.sha1(str(mountpoint).encode()).hexdigest()[:12]
+    return Config(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=endpoint,
+        region=region,
+        profile=values["profile"],
+        read_only=values["read_only"],
+        fuse_options=tuple(values["options"]),
+        cache_dir=Path(cache_dir).resolve(),
+        cache_size=values["cache_size"] * MiB,
+        chunk_size=values["chunk_size"] * MiB,
+        part_size=values["part_size"] * MiB,
+        concurrency=values["concurrency"],
+        max_readahead=values["max_readahead"] * MiB,
+        metadata_ttl=values["metadata_ttl"],
+        op_timeout=values["op_timeout"],
+        zero_copy=values["zero_copy"],
+        verify_reads=values["verify_reads"],
+        log_level=values["log_level"],
+        log_format=values["log_format"],
+        log_file=values["log_file"],
+        metrics_addr=metrics,
+        mountpoint=mountpoint,
+    )
+
+
+def render(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    """TOML a config file can take back, each line saying where its value came from."""
+    lines = []
+    for s in SETTINGS:
+        v = values[s.name]
+        if v is None:
+            lines.append(f"# {s.name} = (unset)  # {sources[s.name]}")
+            continue
+        if isinstance(v, bool):
+            text = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            text = f"{v}"
+        elif isinstance(v, list):
+            text = "[" + ", ".join(f'"{x}"' for x in v) + "]"
+        else:
+            text = '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        lines.append(f"{s.name} = {text}  # {sources[s.name]}")
+    return "\n".join(lines) + "\n"
