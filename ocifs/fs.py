@@ -109,13 +109,12 @@ class Operations(pyfuse3.Operations):
         self.s3 = s3
         self.ns = Namespace(cfg, s3)
         self.cache = ChunkCache(cfg.cache_size, cfg.chunk_size)
-        self.publisher = Publisher(cfg, s3, self.ns, self.cache)
+        self.publisher = Publisher(cfg, s3, self.ns, self.cache, on_published=self._dir_filled)
         self.uid, self.gid = uid_gid()
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._locks: dict[int, trio.Lock] = {}
-        self._markers: set[str] = set()  # directories whose marker object we know exists
         self._tgids: dict[int, int] = {}
         self._verify_pos: dict[int, int] = {}
         # (inode, process) -> that process's private rewrite of an index.json
@@ -306,7 +305,8 @@ class Operations(pyfuse3.Operations):
         if path in self.ns.paths:  # the kernel's lookup just said no; only we know better
             raise errors.Exists(path)
         await self.s3.put(self.ns.dir_key(path), b"", {})
-        self._markers.add(path)
+        self.ns.markers.add(path)
+        self._dir_filled(path)
         node = self.ns.create_node(path, is_dir=True)
         node.mode = stat.S_IFDIR | stat.S_IMODE(mode)
         self.ns.note_added(node)
@@ -326,16 +326,38 @@ class Operations(pyfuse3.Operations):
         page = await self.s3.list_page(marker, delimiter=None, max_keys=2)
         if page.prefixes or any(o.key != marker for o in page.objects):
             raise errors.NotEmpty(node.path)
-        await self._keep_dir(parent_of(node.path))
         await self.s3.delete(marker)
-        self._markers.discard(node.path)
+        self.ns.markers.discard(node.path)
         self.ns.remove(node)
+        await self._dir_maybe_emptied(parent_of(node.path))
 
-    async def _keep_dir(self, path: str) -> None:
-        """Make sure directory ``path`` outlives its last file (write its marker once)."""
-        if path and path not in self._markers:
+    # Directory markers ("dir/" objects) exist only while a directory is empty: a marker
+    # beside real keys is noise that other S3 readers must skip (distribution's S3 driver,
+    # which zot uses, lists it as a file of its own directory).
+    def _dir_filled(self, path: str) -> None:
+        """A key now exists below ``path``: its ancestors' markers are redundant."""
+        d = parent_of(path)
+        while d:
+            if d in self.ns.markers:
+                self.ns.markers.discard(d)
+                assert self.nursery is not None
+                self.nursery.start_soon(self._delete_marker, d)
+            d = parent_of(d)
+
+    async def _delete_marker(self, path: str) -> None:
+        try:
+            await self.s3.delete(self.ns.dir_key(path))
+        except errors.OcifsError as exc:
+            log.info("could not remove the marker of %s (harmless): %s", path, exc)
+
+    async def _dir_maybe_emptied(self, path: str) -> None:
+        """A key below ``path`` went away: keep the directory with a marker if it is empty."""
+        if not path or path in self.ns.markers or self.ns.children_pending(path):
+            return
+        page = await self.s3.list_page(self.ns.dir_key(path), delimiter=None, max_keys=1)
+        if not page.objects and not page.prefixes:
             await self.s3.put(self.ns.dir_key(path), b"", {})
-            self._markers.add(path)
+            self.ns.markers.add(path)
 
     # --- unsupported ----------------------------------------------------------------------
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -411,8 +433,15 @@ class Operations(pyfuse3.Operations):
             await self.ns.revalidate(node)
             if is_index(node.path) and node.committed and not writer:
                 # Remember what this process read: the base of its next rewrite.
-                version, etag = node.version, node.etag
-                content = await self._read_version(self.ns.key(node.path), etag, node.size)
+                for attempt in range(3):
+                    version, etag = node.version, node.etag
+                    try:
+                        content = await self._read_version(self.ns.key(node.path), etag, node.size)
+                        break
+                    except errors.PreconditionFailed:  # replaced since our HEAD: look again
+                        if attempt == 2:
+                            raise
+                        await self.ns.revalidate(node, force=True)
                 self.publisher.record_index_read(pid, node, version, etag, content)
         ra = ReadAhead(self.cfg.chunk_size, self.cfg.chunk_size, self._max_window)
         handle = Handle(node, writer, self.ns.key(node.path), ra, pid)
@@ -497,7 +526,15 @@ class Operations(pyfuse3.Operations):
         if session is not None and (h.session is not None or h.writer or not session.private):
             n = max(0, min(size, session.size - off))
             return session.staging.pread(n, off) if n else b""
-        data = await self._read_committed(h, off, size)
+        try:
+            data = await self._read_committed(h, off, size)
+        except errors.PreconditionFailed:
+            if is_blob_path(node.path) or h.readahead.next_offset not in (None, off):
+                raise  # mid-file: the version this handle was reading is gone
+            # Replaced by another writer before we read anything: read the new version.
+            await self.ns.revalidate(node, force=True)
+            h.etag, h.size = node.etag, node.size
+            data = await self._read_committed(h, off, size)
         if h.verify is not None:
             self._verify_read(h, off, data)
         return data
@@ -625,7 +662,6 @@ class Operations(pyfuse3.Operations):
         node = await self._lookup(parent_inode, name)
         if node.is_dir:
             raise errors.IsADirectory(node.path)
-        await self._keep_dir(parent_of(node.path))
         key = self.ns.key(node.path)
         if node.committed:
             await self.s3.delete(key)
@@ -633,6 +669,7 @@ class Operations(pyfuse3.Operations):
         self.ns.remove(node)
         if node.session is not None and node.opens == 0:
             await self._drop_session(node)
+        await self._dir_maybe_emptied(parent_of(node.path))
 
     @fuse_op
     async def rename(
@@ -669,8 +706,9 @@ class Operations(pyfuse3.Operations):
         if target is not None and target.session is not None and target.opens == 0:
             await self._drop_session(target)
         old_parent = parent_of(src.path)
-        await self._keep_dir(old_parent)
         self.ns.move(src, new_path)
+        if old_parent != parent_of(new_path):
+            await self._dir_maybe_emptied(old_parent)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def flush_all(self) -> None:

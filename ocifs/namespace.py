@@ -138,6 +138,8 @@ class Namespace:
         self._listings: dict[str, _Listing] = {}
         self._next_inode = ROOT_INODE + 1
         self._warned: set[str] = set()
+        # Directories whose marker object ("dir/") this mount knows to exist.
+        self.markers: set[str] = set()
         root = Node(ROOT_INODE, "", True)
         root.lookups = 1
         self.nodes[ROOT_INODE] = root
@@ -264,11 +266,11 @@ class Namespace:
             self._detach(old)
         raise errors.NotFound(path)
 
-    async def revalidate(self, node: Node) -> None:
+    async def revalidate(self, node: Node, force: bool = False) -> None:
         """Refresh a file's attributes from S3 if they are older than the TTL or incomplete."""
         if node.is_dir or node.session is not None or node.unlinked or not node.committed:
             return
-        if self.is_fresh(node) and node.meta_known:
+        if self.is_fresh(node) and node.meta_known and not force:
             return
         started = time.monotonic()
         try:
@@ -310,6 +312,8 @@ class Namespace:
                     entries[name] = None
             for obj in page.objects:
                 if obj.key == prefix:  # this directory's own marker
+                    if path:
+                        self.markers.add(path)
                     continue
                 name = obj.key[len(prefix) :]
                 if self._visible(obj.key, name):

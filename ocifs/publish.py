@@ -21,6 +21,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import cachetools
 import trio
@@ -47,8 +48,11 @@ MERGE_REQUIRED = '"ocifs-merge-required"'
 
 
 class Publisher:
-    def __init__(self, cfg: Config, s3: S3, ns: Namespace, cache: ChunkCache) -> None:
+    def __init__(
+        self, cfg: Config, s3: S3, ns: Namespace, cache: ChunkCache, on_published: Callable[[str], None] = lambda p: None
+    ) -> None:
         self.cfg = cfg
+        self.on_published = on_published  # a new key exists at this path (directory markers)
         self.s3 = s3
         self.ns = ns
         self.cache = cache
@@ -110,6 +114,7 @@ class Publisher:
         node.meta_known = True
         node.fetched = time.monotonic()
         self.ns.note_added(node)
+        self.on_published(node.path)
         if size <= self.cache.chunk_size:
             # Readers right after a write (oras re-reads manifests) hit memory.
             self.cache.put((key, etag, 0), session.staging.pread(size, 0))
@@ -215,6 +220,7 @@ class Publisher:
         if expect is not None:
             await self._verify_object(src, old_key, expect)
         src.etag = await self.server_copy(old_key, new_key, src.size, src.meta_for(new_path))
+        self.on_published(new_path)
         await self.s3.delete(old_key)
         self.cache.invalidate_key(old_key)
         if session is not None:
@@ -250,6 +256,7 @@ class Publisher:
         src.mtime = time.time()
         src.index_base = (etag, body)
         self.cache.put((self.ns.key(new_path), etag, 0), body)
+        self.on_published(new_path)
 
     async def _verify_object(self, src: Node, key: str, expect: tuple[str, str]) -> None:
         alg, want = expect

@@ -205,7 +205,7 @@ class S3:
             log.debug("closing the S3 session failed", exc_info=True)
         self._aio.close()
 
-    def check_bucket_blocking(self, timeout: float = 30.0) -> None:
+    def check_bucket_blocking(self, timeout: float = 20.0) -> None:
         """Fail fast (BucketError with one clear line) if the bucket is unusable."""
         try:
             self._aio.run_blocking(self._check_bucket(), timeout=timeout)
@@ -215,8 +215,20 @@ class S3:
             ) from None
 
     async def _check_bucket(self) -> None:
+        # A client of its own that gives up quickly: a wrong endpoint should be one line in
+        # seconds, not five retries with backoff.
+        session = AioSession(profile=self.cfg.profile)
+        config = AioConfig(
+            connect_timeout=5,
+            read_timeout=15,
+            retries={"mode": "standard", "max_attempts": 2},
+            s3={"addressing_style": "path" if self.cfg.endpoint_url else "auto"},
+        )
         try:
-            await self._client.list_objects_v2(Bucket=self.bucket, MaxKeys=1, Prefix=self.cfg.prefix)
+            async with session.create_client(
+                "s3", endpoint_url=self.cfg.endpoint_url, region_name=self.cfg.region, config=config
+            ) as client:
+                await client.list_objects_v2(Bucket=self.bucket, MaxKeys=1, Prefix=self.cfg.prefix)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
@@ -236,6 +248,8 @@ class S3:
             ) from None
         except (BotoCoreError, OSError) as exc:
             raise errors.BucketError(f"cannot use endpoint: {exc}") from None
+        except ValueError as exc:  # botocore's check of the endpoint URL
+            raise errors.BucketError(f"invalid endpoint: {exc}") from None
 
     # --- the trio-facing call -----------------------------------------------------------------
     async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:

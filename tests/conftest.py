@@ -564,7 +564,7 @@ class Mount:
 
 
 @pytest.fixture
-def mount_factory(request, tmp_path_factory):
+def mount_factory(request):
     """Make more mounts: ``mount_factory(bucket, extra_args=[...], mount=True)``."""
     mounts: list[Mount] = []
     request.node._ocifs_mounts = mounts

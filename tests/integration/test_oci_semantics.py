@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -184,6 +185,7 @@ def test_two_mounts_ten_concurrent_pushes_each_keep_all_tags(bucket, mount_facto
     index = json.loads(bucket.get("shared/index.json"))
     tags = {(d.get("annotations") or {}).get("org.opencontainers.image.ref.name") for d in index["manifests"]} - {None}
     assert tags == {"v0"} | {f"a{i}" for i in range(10)} | {f"b{i}" for i in range(10)}
+    time.sleep(1.5)  # the other mount's last write shows here after --metadata-ttl (1 s)
     listed = oras("repo", "tags", "--oci-layout", f"{b.path}/shared").stdout.split()
     assert sorted(listed) == sorted(tags)
 
