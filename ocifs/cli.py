@@ -182,6 +182,7 @@ def cmd_mount(a: argparse.Namespace) -> int:
     cfg = settings.to_config(values)
     assert cfg.mountpoint is not None
     mountpoint = cfg.mountpoint
+    mount.check_fuse_options(cfg.fuse_options)
     if a.ready_fd is None:  # the daemon's parent checked this already
         mount.check_mountpoint(mountpoint)
     if not a.foreground:

@@ -18,21 +18,44 @@ log = logging.getLogger(__name__)
 Source = Callable[[], dict[str, float]]
 
 
+# name in the counters dict -> (Prometheus name, type, help). Counters with a label are
+# "<group>.<label>" in the dict.
+METRICS: dict[str, tuple[str, str, str]] = {
+    "requests": ("ocifs_s3_requests_total", "counter", "S3 requests sent, by operation"),
+    "errors": ("ocifs_s3_errors_total", "counter", "S3 requests that failed (after retries), by operation; 404s and lost conditional writes are not errors"),
+    "bytes": ("ocifs_s3_bytes_total", "counter", "bytes of object data moved to/from S3"),
+    "retries": ("ocifs_s3_retries_total", "counter", "S3 attempts botocore retried"),
+    "index.merges": ("ocifs_index_merges_total", "counter", "index.json publishes that lost a race and were merged"),
+    "fuse.reads": ("ocifs_fuse_reads_total", "counter", "FUSE read requests"),
+    "fuse.writes": ("ocifs_fuse_writes_total", "counter", "FUSE write requests"),
+    "cache.hits": ("ocifs_cache_hits_total", "counter", "chunk reads served from memory (or from a GET already in flight)"),
+    "cache.misses": ("ocifs_cache_misses_total", "counter", "chunk reads that needed a GET"),
+    "cache.bytes": ("ocifs_cache_bytes", "gauge", "bytes of chunks held in memory"),
+    "open.files": ("ocifs_open_files", "gauge", "open file handles"),
+    "inodes": ("ocifs_inodes", "gauge", "inodes the kernel knows about"),
+    "uploads.active": ("ocifs_uploads_active", "gauge", "files with writes not yet published"),
+    "readahead.window_bytes": ("ocifs_readahead_window_bytes", "gauge", "largest read-ahead window of any open file"),
+}
+_LABEL = {"requests": "op", "errors": "op", "bytes": "direction"}
+
+
 def render(values: dict[str, float]) -> str:
-    """Prometheus text format; ``requests.GetObject`` -> ocifs_s3_requests_total{op="GetObject"}."""
+    """Prometheus text exposition: HELP and TYPE for every metric, zero-valued ones too."""
+    groups: dict[str, list[tuple[str, float]]] = {k: [] for k in METRICS}
+    for name, v in values.items():
+        group, _, label = name.partition(".")
+        if group in _LABEL:
+            groups[group].append((f'{{{_LABEL[group]}="{label}"}}', v))
+        elif name in METRICS:
+            groups[name].append(("", v))
     lines = []
-    for name in sorted(values):
-        v = values[name]
-        v = int(v) if float(v).is_integer() else v
-        kind, _, label = name.partition(".")
-        if kind == "requests":
-            lines.append(f'ocifs_s3_requests_total{{op="{label}"}} {v}')
-        elif kind == "errors":
-            lines.append(f'ocifs_s3_errors_total{{op="{label}"}} {v}')
-        elif kind == "bytes":
-            lines.append(f'ocifs_s3_bytes_total{{direction="{label}"}} {v}')
-        else:
-            lines.append(f"ocifs_{name.replace('.', '_')} {v}")
+    for key, (prom, kind, help_text) in METRICS.items():
+        samples = groups[key] or ([] if key in _LABEL else [("", 0)])
+        lines.append(f"# HELP {prom} {help_text}")
+        lines.append(f"# TYPE {prom} {kind}")
+        for labels, v in sorted(samples):
+            v = int(v) if float(v).is_integer() else v
+            lines.append(f"{prom}{labels} {v}")
     return "\n".join(lines) + "\n"
 
 

@@ -83,6 +83,23 @@ def prepare_cache_dir(cfg: Config) -> None:
         )
 
 
+# Options libfuse 3 accepts at mount time (mount(8) flags and fuse_session_new's own).
+KNOWN_FUSE_OPTIONS = {
+    "allow_other", "allow_root", "auto_unmount", "default_permissions", "ro", "rw", "nosuid",
+    "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "relatime", "norelatime",
+    "strictatime", "sync", "async", "dirsync", "blkdev", "debug", "nonempty",
+}
+KNOWN_FUSE_VALUE_OPTIONS = {"fsname", "subtype", "max_read", "blksize", "context", "fscontext", "defcontext", "rootcontext", "max_threads", "max_idle_threads"}
+
+
+def check_fuse_options(options: tuple[str, ...]) -> None:
+    """libfuse only says "fuse_session_new() failed" (its reason goes to stderr): name the option."""
+    for opt in options:
+        key = opt.partition("=")[0]
+        if key not in KNOWN_FUSE_OPTIONS and key not in KNOWN_FUSE_VALUE_OPTIONS:
+            raise errors.OcifsError(f"unknown FUSE option {opt!r} (known: {', '.join(sorted(KNOWN_FUSE_OPTIONS))}, ...)")
+
+
 def fuse_options(cfg: Config) -> set[str]:
     opts = {f"fsname=s3://{cfg.bucket}/{cfg.prefix}".rstrip("/"), "subtype=ocifs"}
     if cfg.read_only:
@@ -118,6 +135,7 @@ def limit_malloc_retention() -> None:
 def run(cfg: Config, mountpoint: Path, ready_fd: int | None = None) -> None:
     """Mount and serve until unmounted or signalled. Raises OcifsError on startup problems."""
     limit_malloc_retention()
+    check_fuse_options(cfg.fuse_options)
     s3 = S3(cfg)
     try:
         s3.open_blocking()

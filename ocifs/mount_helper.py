@@ -33,6 +33,8 @@ def translate(source: str, target: str, options: list[str]) -> tuple[list[str], 
         if key == "ro":
             argv.append("--read-only")
         elif name == "credentials_file" and eq:
+            if not os.path.isfile(value):
+                raise SystemExit(f"mount.ocifs: credentials_file {value} does not exist")
             env["AWS_SHARED_CREDENTIALS_FILE"] = value
         elif name == "config" and eq:
             argv += ["--config", value]

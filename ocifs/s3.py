@@ -259,6 +259,8 @@ class S3:
             self.stats[f"requests.{op}"] += 1
             try:
                 return await self._aio.run_in_trio(self._guard(op, fn))
+            except (errors.NotFound, errors.PreconditionFailed):
+                raise  # answers, not failures
             except errors.OcifsError:
                 self.stats[f"errors.{op}"] += 1
                 raise

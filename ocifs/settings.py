@@ -89,9 +89,13 @@ def convert(s: Setting, value: Any, where: str) -> Any:
         if s.kind is Path:
             return Path(os.path.expanduser(str(value)))
         if s.kind in (int, float):
+            what = "a whole number" if s.kind is int else "a number"
             if isinstance(value, bool):
-                raise ValueError(f"expected a number, got {value!r}")
-            v = s.kind(value)
+                raise ValueError(f"expected {what}, got {value!r}")
+            try:
+                v = s.kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"expected {what}, got {value!r}") from None
             if s.minimum is not None and v < s.minimum:
                 raise ValueError(f"must be at least {s.minimum:g}")
             if s.maximum is not None and v > s.maximum:
@@ -102,7 +106,7 @@ def convert(s: Setting, value: Any, where: str) -> Any:
             raise ValueError(f"must be one of {', '.join(s.choices)}")
         return v
     except ValueError as exc:
-        raise SettingsError(f"{where}: {s.name}: {exc}") from None
+        raise SettingsError(f"{s.name} ({where}): {exc}") from None
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -153,7 +157,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config_file: Path 
             continue
         if s.kind is list:
             v = [x for item in v for x in str(item).split(",") if x]
-        values[s.name] = convert(s, v, s.flag)
+        values[s.name] = convert(s, v, f"{s.flag} / -o {s.name}=")
         sources[s.name] = "flag"
     return values, sources
 
