@@ -593,7 +593,17 @@ class Operations(pyfuse3.Operations):
         if h.session is not None:
             await h.session.write(off, buf, node.meta())
             return len(buf)
-        async with self._lock(node):
+        lock = self._lock(node)
+        session = node.session
+        if session is not None and not lock.locked():
+            # Fast path, no yield unless a part is ready to go (then under the lock).
+            if session.write_nowait(off, buf):
+                async with lock:
+                    await session.dispatch(node.meta())
+            node.mtime = time.time()
+            node.explicit_mtime = False
+            return len(buf)
+        async with lock:
             session = await self._session_for_write(node, truncate=False)
             await session.write(off, buf, node.meta())
         node.mtime = time.time()

@@ -118,6 +118,7 @@ class WriteSession:
         self._sent: set[int] = set()  # parts dispatched in this upload
         self._stale: set[int] = set()  # parts rewritten after they were dispatched
         self._frontier = 0  # bytes [0, frontier) were written by a forward-moving writer
+        self._sent_end = 0  # end offset of the furthest part dispatched
         self._mpu_lock = trio.Lock()
 
     @property
@@ -126,9 +127,19 @@ class WriteSession:
 
     # --- writes -----------------------------------------------------------------------------
     async def write(self, offset: int, data: bytes, meta: dict[str, str]) -> None:
+        if self.write_nowait(offset, data):
+            await self.dispatch(meta)
+
+    def write_nowait(self, offset: int, data: bytes) -> bool:
+        """Stage a write without yielding; True if a full part is ready to be sent.
+
+        The FUSE write path calls this directly: most writes (oras writes 32 KiB at a time)
+        then cost a pwrite and a hash update, no scheduling.
+        """
         self.staging.pwrite(data, offset)
         end = offset + len(data)
-        self.size = max(self.size, end)
+        if end > self.size:
+            self.size = end
         self.dirty = True
         self.sealed = False
         if self._sha256 is not None:
@@ -138,13 +149,17 @@ class WriteSession:
             elif offset < self._hashed:
                 self._sha256 = None
         if self._error is not None:
-            return  # reported at commit
-        first = offset // self.part_size + 1
-        for n in self._sent:
-            if n >= first and (n - 1) * self.part_size < end:
-                self._stale.add(n)
-        if offset <= self._frontier:
-            self._frontier = max(self._frontier, end)
+            return False  # reported at commit
+        if offset < self._sent_end:  # rewrites something already sent: resend at commit
+            first = offset // self.part_size + 1
+            for n in self._sent:
+                if n >= first and (n - 1) * self.part_size < end:
+                    self._stale.add(n)
+        if offset <= self._frontier and end > self._frontier:
+            self._frontier = end
+        return (len(self._sent) + 1) * self.part_size <= self._frontier
+
+    async def dispatch(self, meta: dict[str, str]) -> None:
         await self._dispatch_full_parts(meta)
 
     def truncate(self, size: int) -> None:
@@ -175,6 +190,7 @@ class WriteSession:
             self._inflight.release()
             raise
         self._sent.add(number)
+        self._sent_end = max(self._sent_end, number * self.part_size)
         self._running += 1
         self._idle = trio.Event()
         self.nursery.start_soon(self._upload_part_task, number)
@@ -345,6 +361,7 @@ class WriteSession:
                 self._running += 1
                 self._idle = trio.Event()
                 self._sent.add(n)
+                self._sent_end = max(self._sent_end, n * self.part_size)
                 self._stale.discard(n)
                 nursery.start_soon(self._upload_part_task, n)
 
