@@ -22,16 +22,12 @@ from pathlib import Path
 
 from bench.common import CLEANUP, MiB, OcifsMount, boto_client, log, make_workdir, median, start_minio, tool
 from bench.mount_vs_raw import parse_size
+from ocifs import metrics
 
 
 def counters(mnt: Path, env: dict) -> dict[str, float]:
     out = subprocess.run([tool("ocifs") or "ocifs", "stats", str(mnt)], env=env, capture_output=True, text=True, timeout=30).stdout
-    values = {}
-    for line in out.splitlines():
-        name, _, v = line.rpartition(" ")
-        if name:
-            values[name] = float(v)
-    return values
+    return metrics.parse(out)
 
 
 def one_push(workdir: Path, ep, bucket: str, blob: Path, zero_copy: bool, rep: int) -> dict:

@@ -13,17 +13,14 @@ import time
 import pytest
 
 from conftest import Mount, ocifs_bin, oras, run
+from ocifs import metrics
 
 MiB = 1024 * 1024
 
 
 def stats(m: Mount) -> dict[str, float]:
     out = run([*ocifs_bin(), "stats", str(m.path)], env=m.bucket.s3.env()).stdout
-    values = {}
-    for line in out.splitlines():
-        name, _, v = line.rpartition(" ")
-        values[name] = float(v)
-    return values
+    return metrics.parse(out)
 
 
 def req(values: dict[str, float], op: str) -> float:
