@@ -173,7 +173,7 @@ def setup_logging(level: str, log_file: Path | None, fmt: str = "text") -> None:
 
 
 def cmd_mount(a: argparse.Namespace) -> int:
-    from ocifs import mount
+    from ocifs import runtime
 
     values, rendered = config_from_args(a)
     if a.print_config:
@@ -182,12 +182,14 @@ def cmd_mount(a: argparse.Namespace) -> int:
     cfg = settings.to_config(values)
     assert cfg.mountpoint is not None
     mountpoint = cfg.mountpoint
-    mount.check_fuse_options(cfg.fuse_options)
+    runtime.check_fuse_options(cfg.fuse_options)
     if a.ready_fd is None:  # the daemon's parent checked this already
-        mount.check_mountpoint(mountpoint)
+        runtime.check_mountpoint(mountpoint)
     if not a.foreground:
         return _spawn_daemon(a, cfg, mountpoint)
     setup_logging(cfg.log_level, cfg.log_file, cfg.log_format)
+    from ocifs import mount
+
     try:
         mount.run(cfg, mountpoint, a.ready_fd)
     except errors.OcifsError as exc:
@@ -230,18 +232,18 @@ def _daemon_argv(argv: list[str]) -> list[str]:
 
 
 def cmd_umount(a: argparse.Namespace) -> int:
-    from ocifs import mount
+    from ocifs import runtime
 
-    mount.unmount(Path(os.path.abspath(a.mountpoint)), a.timeout)
+    runtime.unmount(Path(os.path.abspath(a.mountpoint)), a.timeout)
     return 0
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
     import time
 
-    from ocifs import metrics, mount
+    from ocifs import metrics, runtime
 
-    sock = mount.stats_socket(Path(os.path.abspath(a.mountpoint)))
+    sock = runtime.stats_socket(Path(os.path.abspath(a.mountpoint)))
     try:
         text = metrics.fetch(sock)
     except OSError as exc:

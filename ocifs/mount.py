@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
-import stat
-import subprocess
-import time
 from pathlib import Path
 
 import pyfuse3
@@ -17,6 +13,7 @@ import trio
 from ocifs import errors, metrics
 from ocifs.config import Config
 from ocifs.fs import Operations
+from ocifs.runtime import check_fuse_options, mounted_paths, pid_file, stats_socket
 from ocifs.s3 import S3
 
 log = logging.getLogger(__name__)
@@ -25,50 +22,6 @@ log = logging.getLogger(__name__)
 # reads; 1 MiB lets it send 1 MiB requests, which Python serves with ~8x fewer round trips
 # (see README, "Tuning", for the measurement).
 READ_AHEAD_KB = 1024
-
-
-def runtime_dir() -> Path:
-    if os.getuid() == 0:
-        base = Path("/run/ocifs")
-    else:
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/ocifs-{os.getuid()}") / "ocifs"
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return base
-
-
-def pid_file(mountpoint: Path) -> Path:
-    digest = hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16]
-    return runtime_dir() / f"{digest}.pid"
-
-
-def stats_socket(mountpoint: Path) -> Path:
-    return pid_file(mountpoint).with_suffix(".sock")
-
-
-def mounted_paths() -> dict[str, str]:
-    """Mountpoint -> filesystem type, from /proc/self/mounts."""
-    out: dict[str, str] = {}
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3:
-                mp = parts[1].encode().decode("unicode_escape")
-                out[mp] = parts[2]
-    return out
-
-
-def check_mountpoint(mountpoint: Path) -> None:
-    """Raise OcifsError with a one-line reason unless ``mountpoint`` can be mounted on."""
-    if str(mountpoint) in mounted_paths():
-        raise errors.OcifsError(f"{mountpoint} is already a mount point (busy); unmount it first")
-    try:
-        st = os.stat(mountpoint)
-    except FileNotFoundError:
-        raise errors.OcifsError(f"mountpoint {mountpoint} does not exist") from None
-    except OSError as exc:
-        raise errors.OcifsError(f"mountpoint {mountpoint}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise errors.OcifsError(f"mountpoint {mountpoint} is not a directory")
 
 
 def prepare_cache_dir(cfg: Config) -> None:
@@ -81,23 +34,6 @@ def prepare_cache_dir(cfg: Config) -> None:
             "staging dir %s holds %d file(s) from an earlier run that did not finish; "
             "they were not published", cfg.staging_dir, len(leftovers)
         )
-
-
-# Options libfuse 3 accepts at mount time (mount(8) flags and fuse_session_new's own).
-KNOWN_FUSE_OPTIONS = {
-    "allow_other", "allow_root", "auto_unmount", "default_permissions", "ro", "rw", "nosuid",
-    "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "relatime", "norelatime",
-    "strictatime", "sync", "async", "dirsync", "blkdev", "debug", "nonempty",
-}
-KNOWN_FUSE_VALUE_OPTIONS = {"fsname", "subtype", "max_read", "blksize", "context", "fscontext", "defcontext", "rootcontext", "max_threads", "max_idle_threads"}
-
-
-def check_fuse_options(options: tuple[str, ...]) -> None:
-    """libfuse only says "fuse_session_new() failed" (its reason goes to stderr): name the option."""
-    for opt in options:
-        key = opt.partition("=")[0]
-        if key not in KNOWN_FUSE_OPTIONS and key not in KNOWN_FUSE_VALUE_OPTIONS:
-            raise errors.OcifsError(f"unknown FUSE option {opt!r} (known: {', '.join(sorted(KNOWN_FUSE_OPTIONS))}, ...)")
 
 
 def fuse_options(cfg: Config) -> set[str]:
@@ -211,46 +147,3 @@ def _notify_systemd(message: bytes = b"READY=1") -> None:
             log.warning("sd_notify failed: %s", exc)
 
 
-def unmount(mountpoint: Path, timeout: float) -> None:
-    """Unmount; wait for the daemon to publish pending uploads and exit."""
-    mp = str(mountpoint)
-    if mp not in mounted_paths():
-        raise errors.OcifsError(f"{mp} is not mounted")
-    pidf = pid_file(mountpoint)
-    pid = None
-    try:
-        pid = int(pidf.read_text())
-    except (OSError, ValueError):
-        pass
-    res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
-    if res.returncode != 0:
-        msg = (res.stderr or res.stdout).strip().splitlines()
-        text = msg[-1] if msg else f"fusermount3 exited {res.returncode}"
-        if "not connected" in text or not _alive(pid):
-            # The daemon is gone (killed): clear the dead mount lazily.
-            subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
-            pidf.unlink(missing_ok=True)
-            return
-        raise errors.OcifsError(f"cannot unmount {mp}: {text.removeprefix('fusermount3: ')}")
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid):
-        raise errors.OcifsError(f"unmounted {mp}, but the daemon (pid {pid}) is still flushing after {timeout:.0f} s")
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False

@@ -1,0 +1,121 @@
+"""Facts about mounts that need no S3 and no FUSE library: pid files, /proc/self/mounts,
+checks of mountpoints and options, and unmounting. Kept light so that ``ocifs umount`` and the
+checks ``ocifs mount`` makes before starting the daemon do not import botocore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+from ocifs import errors
+
+
+def runtime_dir() -> Path:
+    if os.getuid() == 0:
+        base = Path("/run/ocifs")
+    else:
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/ocifs-{os.getuid()}") / "ocifs"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return base
+
+
+def pid_file(mountpoint: Path) -> Path:
+    digest = hashlib.sha1(str(mountpoint).encode()).hexdigest()[:16]
+    return runtime_dir() / f"{digest}.pid"
+
+
+def stats_socket(mountpoint: Path) -> Path:
+    return pid_file(mountpoint).with_suffix(".sock")
+
+
+def mounted_paths() -> dict[str, str]:
+    """Mountpoint -> filesystem type, from /proc/self/mounts."""
+    out: dict[str, str] = {}
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                mp = parts[1].encode().decode("unicode_escape")
+                out[mp] = parts[2]
+    return out
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Raise OcifsError with a one-line reason unless ``mountpoint`` can be mounted on."""
+    if str(mountpoint) in mounted_paths():
+        raise errors.OcifsError(f"{mountpoint} is already a mount point (busy); unmount it first")
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise errors.OcifsError(f"mountpoint {mountpoint} does not exist") from None
+    except OSError as exc:
+        raise errors.OcifsError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise errors.OcifsError(f"mountpoint {mountpoint} is not a directory")
+
+
+# Options libfuse 3 accepts at mount time (mount(8) flags and fuse_session_new's own).
+KNOWN_FUSE_OPTIONS = {
+    "allow_other", "allow_root", "auto_unmount", "default_permissions", "ro", "rw", "nosuid",
+    "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime", "relatime", "norelatime",
+    "strictatime", "sync", "async", "dirsync", "blkdev", "debug", "nonempty",
+}
+KNOWN_FUSE_VALUE_OPTIONS = {"fsname", "subtype", "max_read", "blksize", "context", "fscontext", "defcontext", "rootcontext", "max_threads", "max_idle_threads"}
+
+
+def check_fuse_options(options: tuple[str, ...]) -> None:
+    """libfuse only says "fuse_session_new() failed" (its reason goes to stderr): name the option."""
+    for opt in options:
+        key = opt.partition("=")[0]
+        if key not in KNOWN_FUSE_OPTIONS and key not in KNOWN_FUSE_VALUE_OPTIONS:
+            raise errors.OcifsError(f"unknown FUSE option {opt!r} (known: {', '.join(sorted(KNOWN_FUSE_OPTIONS))}, ...)")
+
+
+def unmount(mountpoint: Path, timeout: float) -> None:
+    """Unmount; wait for the daemon to publish pending uploads and exit."""
+    mp = str(mountpoint)
+    if mp not in mounted_paths():
+        raise errors.OcifsError(f"{mp} is not mounted")
+    pidf = pid_file(mountpoint)
+    pid = None
+    try:
+        pid = int(pidf.read_text())
+    except (OSError, ValueError):
+        pass
+    res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = (res.stderr or res.stdout).strip().splitlines()
+        text = msg[-1] if msg else f"fusermount3 exited {res.returncode}"
+        if "not connected" in text or not _alive(pid):
+            # The daemon is gone (killed): clear the dead mount lazily.
+            subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
+            pidf.unlink(missing_ok=True)
+            return
+        raise errors.OcifsError(f"cannot unmount {mp}: {text.removeprefix('fusermount3: ')}")
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        raise errors.OcifsError(f"unmounted {mp}, but the daemon (pid {pid}) is still flushing after {timeout:.0f} s")
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
