@@ -5,6 +5,7 @@ checks ``ocifs mount`` makes before starting the daemon do not import botocore.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -46,9 +47,18 @@ def mounted_paths() -> dict[str, str]:
 
 
 def check_mountpoint(mountpoint: Path) -> None:
-    """Raise OcifsError with a one-line reason unless ``mountpoint`` can be mounted on."""
-    if str(mountpoint) in mounted_paths():
-        raise errors.OcifsError(f"{mountpoint} is already a mount point (busy); unmount it first")
+    """Raise OcifsError with a one-line reason unless ``mountpoint`` can be mounted on.
+
+    A dead ocifs mount (its daemon was killed: "Transport endpoint is not connected") is
+    cleared, so a restart (systemd Restart=on-failure) just works.
+    """
+    fstype = mounted_paths().get(str(mountpoint))
+    if fstype is not None:
+        if fstype == "fuse.ocifs" and _is_dead(mountpoint) and _wait_gone(_read_pid(mountpoint), 5.0):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
+            pid_file(mountpoint).unlink(missing_ok=True)
+        if str(mountpoint) in mounted_paths():
+            raise errors.OcifsError(f"{mountpoint} is already a mount point (busy); unmount it first")
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
@@ -57,6 +67,31 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise errors.OcifsError(f"mountpoint {mountpoint}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise errors.OcifsError(f"mountpoint {mountpoint} is not a directory")
+
+
+def _is_dead(mountpoint: Path) -> bool:
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def _wait_gone(pid: int | None, timeout: float) -> bool:
+    """True once ``pid`` is gone (a killed daemon may take a moment to be reaped)."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _read_pid(mountpoint: Path) -> int | None:
+    try:
+        return int(pid_file(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # Options libfuse 3 accepts at mount time (mount(8) flags and fuse_session_new's own).
@@ -82,11 +117,7 @@ def unmount(mountpoint: Path, timeout: float) -> None:
     if mp not in mounted_paths():
         raise errors.OcifsError(f"{mp} is not mounted")
     pidf = pid_file(mountpoint)
-    pid = None
-    try:
-        pid = int(pidf.read_text())
-    except (OSError, ValueError):
-        pass
+    pid = _read_pid(mountpoint)
     res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
     if res.returncode != 0:
         msg = (res.stderr or res.stdout).strip().splitlines()
