@@ -23,6 +23,7 @@ import trio
 from ocifs import errors
 from ocifs.cache import ChunkCache
 from ocifs.config import MiB, Config
+from ocifs.markers import Markers
 from ocifs.layout import ingest_target, is_blob_path, is_index, join, name_to_str, parent_of
 from ocifs.namespace import ROOT_INODE, Namespace, Node, uid_gid
 from ocifs.prefetch import ReadAhead
@@ -49,8 +50,11 @@ def fuse_op(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         self: Operations = args[0]  # type: ignore[assignment]
         try:
-            with trio.fail_after(self.cfg.op_timeout):
-                return await fn(*args, **kwargs)
+            try:
+                with trio.fail_after(self.cfg.op_timeout):
+                    return await fn(*args, **kwargs)
+            except BaseExceptionGroup as group:  # parallel requests inside a nursery
+                raise first_leaf(group) from None
         except pyfuse3.FUSEError:
             raise
         except errors.OcifsError as exc:
@@ -68,6 +72,24 @@ def fuse_op(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from a group: an OcifsError if there is one (it has the errno)."""
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup) -> None:
+        for e in g.exceptions:
+            walk(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
+
+    walk(group)
+    for e in leaves:
+        if isinstance(e, errors.OcifsError):
+            return e
+    for e in leaves:
+        if not isinstance(e, trio.Cancelled):
+            return e
+    return leaves[0]
 
 
 class Handle:
@@ -109,7 +131,8 @@ class Operations(pyfuse3.Operations):
         self.s3 = s3
         self.ns = Namespace(cfg, s3)
         self.cache = ChunkCache(cfg.cache_size, cfg.chunk_size)
-        self.publisher = Publisher(cfg, s3, self.ns, self.cache, on_published=self._dir_filled)
+        self.markers = Markers(s3, self.ns, self._get_nursery)
+        self.publisher = Publisher(cfg, s3, self.ns, self.cache, on_published=self.markers.filled)
         self.uid, self.gid = uid_gid()
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -124,6 +147,10 @@ class Operations(pyfuse3.Operations):
         self._max_window = max(cfg.chunk_size, min(cfg.max_readahead, cfg.cache_size // 2))
 
     # --- plumbing -------------------------------------------------------------------------
+    def _get_nursery(self) -> trio.Nursery:
+        assert self.nursery is not None, "the nursery is set when the mount starts"
+        return self.nursery
+
     def _lock(self, node: Node) -> trio.Lock:
         lock = self._locks.get(node.inode)
         if lock is None:
@@ -159,6 +186,8 @@ class Operations(pyfuse3.Operations):
     def _check_writable(self) -> None:
         if self.cfg.read_only:
             raise errors.ReadOnly("mounted read-only")
+        if self.publisher.writes_denied:
+            raise errors.AccessDenied("these credentials cannot write to the bucket")
 
     def attrs(self, node: Node, pid: int | None = None) -> pyfuse3.EntryAttributes:
         """Attributes as process ``pid`` sees them: a process rewriting a file (O_TRUNC) sees
@@ -210,8 +239,8 @@ class Operations(pyfuse3.Operations):
             neg.st_ino = 0
             neg.entry_timeout = self.cfg.metadata_ttl
             return neg
-        if not node.is_dir and not node.meta_known and node.session is None:
-            await self.ns.revalidate(node)
+        # A node known only from a listing lacks mode/mtime: its attributes go out with
+        # attr_timeout 0, so a stat() asks getattr (one HEAD) and a plain open() asks nothing.
         node.lookups += 1
         return self.attrs(node, self._tgid(ctx))
 
@@ -304,9 +333,7 @@ class Operations(pyfuse3.Operations):
         path = join(parent.path, name_to_str(name))
         if path in self.ns.paths:  # the kernel's lookup just said no; only we know better
             raise errors.Exists(path)
-        await self.s3.put(self.ns.dir_key(path), b"", {})
-        self.ns.markers.add(path)
-        self._dir_filled(path)
+        self.markers.created(path)
         node = self.ns.create_node(path, is_dir=True)
         node.mode = stat.S_IFDIR | stat.S_IMODE(mode)
         self.ns.note_added(node)
@@ -326,38 +353,9 @@ class Operations(pyfuse3.Operations):
         page = await self.s3.list_page(marker, delimiter=None, max_keys=2)
         if page.prefixes or any(o.key != marker for o in page.objects):
             raise errors.NotEmpty(node.path)
-        await self.s3.delete(marker)
-        self.ns.markers.discard(node.path)
+        await self.markers.removed(node.path)
         self.ns.remove(node)
-        await self._dir_maybe_emptied(parent_of(node.path))
-
-    # Directory markers ("dir/" objects) exist only while a directory is empty: a marker
-    # beside real keys is noise that other S3 readers must skip (distribution's S3 driver,
-    # which zot uses, lists it as a file of its own directory).
-    def _dir_filled(self, path: str) -> None:
-        """A key now exists below ``path``: its ancestors' markers are redundant."""
-        d = parent_of(path)
-        while d:
-            if d in self.ns.markers:
-                self.ns.markers.discard(d)
-                assert self.nursery is not None
-                self.nursery.start_soon(self._delete_marker, d)
-            d = parent_of(d)
-
-    async def _delete_marker(self, path: str) -> None:
-        try:
-            await self.s3.delete(self.ns.dir_key(path))
-        except errors.OcifsError as exc:
-            log.info("could not remove the marker of %s (harmless): %s", path, exc)
-
-    async def _dir_maybe_emptied(self, path: str) -> None:
-        """A key below ``path`` went away: keep the directory with a marker if it is empty."""
-        if not path or path in self.ns.markers or self.ns.children_pending(path):
-            return
-        page = await self.s3.list_page(self.ns.dir_key(path), delimiter=None, max_keys=1)
-        if not page.objects and not page.prefixes:
-            await self.s3.put(self.ns.dir_key(path), b"", {})
-            self.ns.markers.add(path)
+        self.markers.emptied(parent_of(node.path))
 
     # --- unsupported ----------------------------------------------------------------------
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -430,7 +428,7 @@ class Operations(pyfuse3.Operations):
                 session.truncate(0)
             node.mtime = time.time()
         elif node.session is None:
-            await self.ns.revalidate(node)
+            await self.ns.revalidate(node, need_meta=False)
             if is_index(node.path) and node.committed and not writer:
                 # Remember what this process read: the base of its next rewrite.
                 for attempt in range(3):
@@ -452,9 +450,12 @@ class Operations(pyfuse3.Operations):
         self._handles[fh] = handle
         node.opens += 1
         fi = pyfuse3.FileInfo(fh=fh)
-        # Mutable files bypass the kernel page cache so that every read sees the version this
-        # mount considers current (never a half-rewritten index.json); blobs are cached.
-        fi.direct_io = not is_blob_path(node.path)
+        # index.json (rewritten in place by every OCI client), and any file opened while it is
+        # being rewritten, bypass the kernel page cache: reads then always see a whole version
+        # (the kernel would clip them to the writer's size). Other files use the page cache,
+        # dropped at open unless they are immutable blobs.
+        rewriting = node.session is not None and node.session.private
+        fi.direct_io = is_index(node.path) or rewriting
         fi.keep_cache = node.immutable
         return fi
 
@@ -679,7 +680,7 @@ class Operations(pyfuse3.Operations):
         self.ns.remove(node)
         if node.session is not None and node.opens == 0:
             await self._drop_session(node)
-        await self._dir_maybe_emptied(parent_of(node.path))
+        self.markers.emptied(parent_of(node.path))
 
     @fuse_op
     async def rename(
@@ -718,7 +719,7 @@ class Operations(pyfuse3.Operations):
         old_parent = parent_of(src.path)
         self.ns.move(src, new_path)
         if old_parent != parent_of(new_path):
-            await self._dir_maybe_emptied(old_parent)
+            self.markers.emptied(old_parent)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def flush_all(self) -> None:
@@ -730,6 +731,7 @@ class Operations(pyfuse3.Operations):
                 except errors.OcifsError as exc:
                     log.error("could not publish %s at unmount: %s", node.path, exc)
                 await self._drop_session(node)
+        await self.markers.settle()
 
     def counters(self) -> dict[str, float]:
         """Everything `ocifs stats` shows (see metrics.render for the names)."""

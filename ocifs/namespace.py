@@ -32,6 +32,8 @@ ROOT_INODE = 1
 DEFAULT_FILE_MODE = stat.S_IFREG | 0o644
 DEFAULT_DIR_MODE = stat.S_IFDIR | 0o755
 BLOB_MODE = stat.S_IFREG | 0o444
+# Names that are files in every OCI image layout.
+LAYOUT_FILES = frozenset({"index.json", "oci-layout"})
 
 
 class Node:
@@ -232,7 +234,23 @@ class Namespace:
             if name not in listing.entries:
                 raise errors.NotFound(path)
             return self._node_for(path, listing.entries[name])
+        if is_blob_path(path) or name in LAYOUT_FILES:
+            # Files in any OCI layout: one HEAD answers (with mode and mtime), no LIST. A
+            # missing index.json is looked for as a directory too, to be exact.
+            try:
+                return self._node_for(path, await self.s3.head(self.key(path)))
+            except errors.NotFound:
+                page = None if is_blob_path(path) else await self.s3.list_page(self.dir_key(path), delimiter=None, max_keys=1)
+                if page is not None and (page.objects or page.prefixes):
+                    return self._node_for(path, None)
+                self._forget_missing(path)
+                raise
         return await self._probe(path)
+
+    def _forget_missing(self, path: str) -> None:
+        old = self.paths.get(path)
+        if old is not None and old.session is None:
+            self._detach(old)
 
     async def _probe(self, path: str) -> Node:
         """Ask S3 whether ``path`` is a file, a directory, or nothing (HEAD + LIST at once)."""
@@ -261,16 +279,15 @@ class Namespace:
             return self._node_for(path, None)
         if head is not None:
             return self._node_for(path, head)
-        old = self.paths.get(path)
-        if old is not None and old.session is None:
-            self._detach(old)
+        self._forget_missing(path)
         raise errors.NotFound(path)
 
-    async def revalidate(self, node: Node, force: bool = False) -> None:
-        """Refresh a file's attributes from S3 if they are older than the TTL or incomplete."""
+    async def revalidate(self, node: Node, force: bool = False, need_meta: bool = True) -> None:
+        """Refresh a file's attributes from S3 if they are older than the TTL, or (with
+        ``need_meta``) lack mode and mtime because they came from a listing."""
         if node.is_dir or node.session is not None or node.unlinked or not node.committed:
             return
-        if self.is_fresh(node) and node.meta_known and not force:
+        if self.is_fresh(node) and (node.meta_known or not need_meta) and not force:
             return
         started = time.monotonic()
         try:

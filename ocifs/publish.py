@@ -57,6 +57,7 @@ class Publisher:
         self.ns = ns
         self.cache = cache
         self.conditional_writes = True
+        self.writes_denied = False  # the startup probe was refused: read-only credentials
         # (process id, key) -> (node version, etag, content): the index.json as that process
         # last saw it (read, or wrote itself): the base of its next rewrite. oras reads
         # index.json once, then rewrites it several times from memory.
@@ -75,6 +76,12 @@ class Publisher:
                 ok = True
         except errors.Unsupported:
             ok = False
+        except errors.AccessDenied as exc:
+            # Read-only credentials without --read-only: say so once, and make every write
+            # fail fast with EACCES instead of at close (or, for a directory, never).
+            self.writes_denied = True
+            log.warning("these credentials cannot write to the bucket (%s): writes will fail with EACCES; mount with --read-only to make that explicit", exc)
+            return True
         except errors.OcifsError as exc:
             # Credentials that cannot write (a read-only deploy host without --read-only) or a
             # flaky endpoint must not stop the mount: assume support, say why.

@@ -56,7 +56,7 @@ def check_mountpoint(mountpoint: Path) -> None:
     if fstype is not None:
         if fstype == "fuse.ocifs" and _is_dead(mountpoint) and _wait_gone(_read_pid(mountpoint), 5.0):
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, timeout=30)
-            pid_file(mountpoint).unlink(missing_ok=True)
+            _forget(mountpoint)
         if str(mountpoint) in mounted_paths():
             raise errors.OcifsError(f"{mountpoint} is already a mount point (busy); unmount it first")
     try:
@@ -85,6 +85,11 @@ def _wait_gone(pid: int | None, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def _forget(mountpoint: Path) -> None:
+    pid_file(mountpoint).unlink(missing_ok=True)
+    stats_socket(mountpoint).unlink(missing_ok=True)
 
 
 def _read_pid(mountpoint: Path) -> int | None:
@@ -116,7 +121,6 @@ def unmount(mountpoint: Path, timeout: float) -> None:
     mp = str(mountpoint)
     if mp not in mounted_paths():
         raise errors.OcifsError(f"{mp} is not mounted")
-    pidf = pid_file(mountpoint)
     pid = _read_pid(mountpoint)
     res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
     if res.returncode != 0:
@@ -125,9 +129,12 @@ def unmount(mountpoint: Path, timeout: float) -> None:
         if "not connected" in text or not _alive(pid):
             # The daemon is gone (killed): clear the dead mount lazily.
             subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
-            pidf.unlink(missing_ok=True)
+            _forget(mountpoint)
             return
         raise errors.OcifsError(f"cannot unmount {mp}: {text.removeprefix('fusermount3: ')}")
+    if not _alive(pid):
+        _forget(mountpoint)  # unmounted a dead daemon's mount: nobody else cleans up
+        return
     deadline = time.monotonic() + timeout
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)

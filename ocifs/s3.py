@@ -19,9 +19,11 @@ import dataclasses
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+import aiohttp
 import trio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
@@ -44,6 +46,11 @@ T = TypeVar("T")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 _PRECONDITION = {"412", "PreconditionFailed"}
+BODY_RETRIES = 4  # attempts at a ranged GET whose body broke off
+
+
+class BodyError(errors.RemoteError):
+    """A response body that broke off or had the wrong length: worth another try."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -315,7 +322,11 @@ class S3:
         return await self.call("ListMultipartUploads", go)
 
     async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
-        """Bytes [start, end) of ``key``; raises unless exactly that many bytes arrive."""
+        """Bytes [start, end) of ``key``; raises unless exactly that many bytes arrive.
+
+        botocore retries a request only until its body starts; a body cut short (reset
+        connection, proxy cut) is retried here, a few times, before the read fails.
+        """
         want = end - start
 
         async def go() -> bytes:
@@ -327,18 +338,30 @@ class S3:
             # copy at once (twice the chunk per request in flight).
             buf = bytearray(want)
             pos = 0
-            async with r["Body"] as body:
-                async for piece in body.content.iter_chunked(1 << 20):
-                    n = len(piece)
-                    if pos + n > want:
-                        raise errors.RemoteError(f"GetObject {key} [{start},{end}): body longer than asked")
-                    buf[pos : pos + n] = piece
-                    pos += n
+            try:
+                async with r["Body"] as body:
+                    async for piece in body.content.iter_chunked(1 << 20):
+                        n = len(piece)
+                        if pos + n > want:
+                            raise BodyError(f"GetObject {key} [{start},{end}): body longer than asked")
+                        buf[pos : pos + n] = piece
+                        pos += n
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+                raise BodyError(f"GetObject {key} [{start},{end}): body broke off after {pos} bytes ({type(exc).__name__})") from None
             if pos != want:
-                raise errors.RemoteError(f"GetObject {key} [{start},{end}): got {pos} bytes, expected {want}")
+                raise BodyError(f"GetObject {key} [{start},{end}): got {pos} bytes, expected {want}")
             return bytes(buf) if want <= 65536 else buf  # type: ignore[return-value]
 
-        data = await self.call("GetObject", go)
+        for attempt in range(BODY_RETRIES):
+            try:
+                data = await self.call("GetObject", go)
+                break
+            except BodyError as exc:
+                if attempt == BODY_RETRIES - 1:
+                    raise
+                self.stats["retries"] += 1
+                log.info("retrying GetObject %s [%d,%d) after: %s", key, start, end, exc)
+                await trio.sleep(0.1 * 2**attempt)
         self.stats["bytes.in"] += len(data)
         return data
 
@@ -392,21 +415,50 @@ class S3:
         return etag
 
     async def create_multipart(self, key: str, meta: dict[str, str]) -> str:
-        async def go() -> str:
+        started = time.time()
+
+        async def go() -> tuple[str, int]:
             r = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=meta)
-            return r["UploadId"]
+            return r["UploadId"], r.get("ResponseMetadata", {}).get("RetryAttempts", 0)
 
-        return await self.call("CreateMultipartUpload", go)
+        upload_id, retried = await self.call("CreateMultipartUpload", go)
+        if retried:
+            # A retried create may have created an upload whose answer was lost: abort
+            # those twins now, or they would sit in the bucket (and on the bill) forever.
+            await self._abort_twins(key, upload_id, started - 5)
+        return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
-        async def go() -> str:
+    async def _abort_twins(self, key: str, keep: str, since: float) -> None:
+        try:
+            for k, uid, initiated in await self.list_multipart(key):
+                if k == key and uid != keep and initiated >= since:
+                    log.info("aborting duplicate multipart upload %s of %s (a retried create)", uid, key)
+                    await self.abort_multipart(k, uid)
+        except errors.OcifsError as exc:
+            log.warning("could not check %s for duplicate multipart uploads: %s", key, exc)
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes | Callable[[], bytes]) -> str:
+        """Upload one part. ``body`` may be a function that reads it: it is then called only
+        once a request slot is free, so waiting parts hold no memory."""
+        size = 0
+
+        async def go(data: bytes) -> str:
             r = await self._client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
             )
             return r["ETag"]
 
-        etag = await self.call("UploadPart", go)
-        self.stats["bytes.out"] += len(body)
+        assert self.limiter is not None
+        async with self.limiter:
+            data = body() if callable(body) else body
+            size = len(data)
+            self.stats["requests.UploadPart"] += 1
+            try:
+                etag = await self._aio.run_in_trio(self._guard("UploadPart", lambda: go(data)))
+            except errors.OcifsError:
+                self.stats["errors.UploadPart"] += 1
+                raise
+        self.stats["bytes.out"] += size
         return etag
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:

@@ -15,6 +15,7 @@ aborted.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -40,13 +41,24 @@ class Staging:
         self.path = Path(name)
 
     def pwrite(self, data: bytes, offset: int) -> None:
+        """All of ``data`` or an error: a short write (full disk) is ENOSPC, never ignored."""
+        view = memoryview(data)
         try:
-            os.pwrite(self.fd, data, offset)
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "no space left on the staging disk")
+                view = view[n:]
+                offset += n
         except OSError as exc:
-            raise errors.OcifsError(f"staging write failed: {exc}", err=exc.errno) from None
+            raise errors.OcifsError(f"staging write failed: {exc.strerror or exc}", err=exc.errno or errno.EIO) from None
 
     def pread(self, size: int, offset: int) -> bytes:
-        return os.pread(self.fd, size, offset)
+        """Exactly ``size`` bytes (what we publish must be what was acknowledged)."""
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise errors.OcifsError(f"staging file is short: {len(data)} of {size} bytes at {offset}")
+        return data
 
     def truncate(self, size: int) -> None:
         try:
@@ -219,9 +231,11 @@ class WriteSession:
         assert self.upload_id is not None and self.upload_key is not None
         start = (number - 1) * self.part_size
         length = max(0, min(self.part_size, self.size - start))
-        body = self.staging.pread(length, start)
-        etag = await self.s3.upload_part(self.upload_key, self.upload_id, number, body)
-        self._parts[number] = (etag, len(body))
+        # Read the part only once a request slot is free (bounded memory with many writers).
+        etag = await self.s3.upload_part(
+            self.upload_key, self.upload_id, number, lambda: self.staging.pread(length, start)
+        )
+        self._parts[number] = (etag, length)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()

@@ -30,6 +30,7 @@ class FakeS3:
         return uid
 
     async def upload_part(self, key, upload_id, number, body):
+        body = body() if callable(body) else body
         self.calls.append(f"UploadPart{number}")
         await trio.sleep(0)
         if self.fail_parts:
