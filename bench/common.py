@@ -64,6 +64,7 @@ class Cleanup:
     def __init__(self) -> None:
         self._stack: list[tuple[str, Callable[[], None]]] = []
         self._installed = False
+        self._signals = 0
 
     def install(self) -> None:
         if self._installed:
@@ -72,10 +73,14 @@ class Cleanup:
         atexit.register(self.run_all)
 
         def on_signal(signum, frame):  # noqa: ARG001
-            log(f"\n[bench] got {signal.Signals(signum).name}: cleaning up mounts and servers")
+            self._signals += 1
+            if self._signals == 1:
+                log(f"\n[bench] got {signal.Signals(signum).name}: stopping; mounts and servers are cleaned up "
+                    "on the way out (signal again to force)")
+                raise KeyboardInterrupt
+            log("[bench] second signal: cleaning up now")
             self.run_all()
-            # re-raise as KeyboardInterrupt so callers unwind; exit code 130
-            raise KeyboardInterrupt
+            os._exit(130)
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)

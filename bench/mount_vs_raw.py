@@ -9,6 +9,8 @@ One run, one S3 endpoint (a MinIO this script starts on 127.0.0.1, or ``--endpoi
   ``readinto`` calls to EOF, every byte checked.
 * raw write: aiobotocore multipart upload, ``--part-size`` parts, ``--concurrency`` in flight.
 * raw read: aiobotocore ranged GETs of ``--part-size``, ``--concurrency`` in flight, checked.
+  Raw transfers are timed once their client is warm (created, one request done), as a mounted
+  daemon's client is; the mount side includes open() and close().
 
 The mount runs with the same ``--concurrency``, ``--part-size`` and ``--chunk-size`` =
 part size. Prints a table and one JSON line (``{"bench": "mount_vs_raw", ...}``).

@@ -187,9 +187,11 @@ class ForegroundFuse(Target):
                     if r.returncode != 0:
                         err = f"fusermount3 -u: {r.stderr.strip()}"
             try:
-                proc.wait(timeout=300)  # the daemon flushes what it still holds
+                # the daemon flushes what it still holds; a mount we could not unmount is
+                # detached lazily in the finally below, so do not wait long for it
+                proc.wait(timeout=10 if err else 300)
             except subprocess.TimeoutExpired:
-                err = (err or "") + f" {self.name} still running 300 s after unmount"
+                err = (err or "") + f" {self.name} still running after unmount"
         finally:
             if mp is not None:
                 force_unmount(mp)
@@ -260,7 +262,9 @@ class Rclone(ForegroundFuse):
         c = self.ctx
         return [
             "--vfs-cache-mode", "writes",
-            "--vfs-write-back", "0s",  # upload right after close (default waits 5 s)
+            # --vfs-write-back stays at its default (5 s after close): with 0s, rclone 1.60 starts
+            # uploading oras's ingest file, oras renames it, and the blob never reaches S3
+            # ("Failed to calculate src hash ... no such file"); see bench/README.md.
             "--transfers", str(c.concurrency),
             "--s3-upload-concurrency", str(c.concurrency),
             "--s3-chunk-size", f"{c.part_size_mib}M",
@@ -288,6 +292,9 @@ class Rclone(ForegroundFuse):
             RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",
             RCLONE_CONFIG=os.devnull,
         )
+        # rclone 1.60 fails to build its S3 client when AWS_CA_BUNDLE is set ("unsupported
+        # transport"); the endpoint is plain http on loopback, so drop it.
+        env.pop("AWS_CA_BUNDLE", None)
         cache = c.workdir / "state" / f"rclone-cache-{self.gen}"
         argv = [tool("rclone"), "mount", f"bench:{c.bucket}", str(mp), "--cache-dir", str(cache),
                 *self.args(), "--log-level", "NOTICE"]

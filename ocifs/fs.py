@@ -335,6 +335,7 @@ class Operations(pyfuse3.Operations):
             raise errors.Exists(path)
         self.markers.created(path)
         node = self.ns.create_node(path, is_dir=True)
+        node.local_dir = True
         node.mode = stat.S_IFDIR | stat.S_IMODE(mode)
         self.ns.note_added(node)
         self.ns.note_empty_dir(path)

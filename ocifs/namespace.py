@@ -58,6 +58,7 @@ class Node:
         "sha256",
         "index_base",
         "version",
+        "local_dir",
     )
 
     def __init__(self, inode: int, path: str, is_dir: bool) -> None:
@@ -80,6 +81,7 @@ class Node:
         # index.json only: (etag, bytes) of the version this mount last read or published.
         self.index_base: tuple[str, bytes] | None = None
         self.version = 0  # bumped whenever the committed content changes
+        self.local_dir = False  # made by this mount's mkdir: listed even before S3 knows it
 
     @property
     def immutable(self) -> bool:
@@ -310,9 +312,9 @@ class Namespace:
         out: dict[str, Node] = {}
         for name, info in listing.entries.items():
             out[name] = self._node_for(join(node.path, name), info)
-        # Files this mount is writing that S3 has not seen yet.
+        # Files this mount is writing, and directories it made, that S3 may not show yet.
         for path, child in list(self.paths.items()):
-            if child.session is not None and parent_of(path) == node.path and path:
+            if (child.session is not None or child.local_dir) and parent_of(path) == node.path and path:
                 out.setdefault(basename(path), child)
         return sorted(out.items())
 
