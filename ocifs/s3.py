@@ -166,6 +166,9 @@ class S3:
         self._client: Any = None
         self._exit_stack: Any = None
         self.limiter: trio.CapacityLimiter | None = None
+        # Part bodies held in memory at once, mount-wide (each is part_size bytes): bounds the
+        # daemon's memory when many files are written at once.
+        self.part_memory = trio.CapacityLimiter(max(2, cfg.concurrency // 4))
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -455,7 +458,7 @@ class S3:
             return r["ETag"]
 
         assert self.limiter is not None
-        async with self.limiter:
+        async with self.part_memory, self.limiter:
             data = body() if callable(body) else body
             size = len(data)
             self.stats["requests.UploadPart"] += 1
