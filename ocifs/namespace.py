@@ -126,10 +126,11 @@ class Node:
 
 
 class _Listing:
-    __slots__ = ("fetched", "entries")
+    __slots__ = ("fetched", "started", "entries")
 
-    def __init__(self, entries: dict[str, ObjectInfo | None]) -> None:
+    def __init__(self, entries: dict[str, ObjectInfo | None], started: float) -> None:
         self.fetched = time.monotonic()
+        self.started = started  # when the LIST began: what it says is at least this old
         self.entries = entries  # name -> ObjectInfo (file) or None (directory)
 
 
@@ -170,8 +171,13 @@ class Namespace:
         self.paths[path] = node
         return node
 
-    def _node_for(self, path: str, info: ObjectInfo | None) -> Node:
-        """The node for ``path`` (info None = directory), created or refreshed."""
+    def _node_for(self, path: str, info: ObjectInfo | None, started: float | None = None) -> Node:
+        """The node for ``path`` (info None = directory), created or refreshed.
+
+        ``started`` is when the S3 request that produced ``info`` began: an answer older than
+        this mount's own last change to the node (a publish while the HEAD or LIST was in
+        flight) must not roll the node back.
+        """
         is_dir = info is None
         node = self.paths.get(path)
         if node is not None and node.is_dir != is_dir:
@@ -182,6 +188,8 @@ class Namespace:
             if info is not None:
                 node.meta_known = False
                 node.apply(info)
+            return node
+        if started is not None and node.fetched > started:
             return node
         if info is not None and node.session is None:
             node.apply(info)
@@ -235,12 +243,13 @@ class Namespace:
         if listing is not None:
             if name not in listing.entries:
                 raise errors.NotFound(path)
-            return self._node_for(path, listing.entries[name])
+            return self._node_for(path, listing.entries[name], listing.started)
         if is_blob_path(path) or name in LAYOUT_FILES:
             # Files in any OCI layout: one HEAD answers (with mode and mtime), no LIST. A
             # missing index.json is looked for as a directory too, to be exact.
+            started = time.monotonic()
             try:
-                return self._node_for(path, await self.s3.head(self.key(path)))
+                return self._node_for(path, await self.s3.head(self.key(path)), started)
             except errors.NotFound:
                 page = None if is_blob_path(path) else await self.s3.list_page(self.dir_key(path), delimiter=None, max_keys=1)
                 if page is not None and (page.objects or page.prefixes):
@@ -257,6 +266,7 @@ class Namespace:
     async def _probe(self, path: str) -> Node:
         """Ask S3 whether ``path`` is a file, a directory, or nothing (HEAD + LIST at once)."""
         log.debug("probe %s", path)
+        started = time.monotonic()
         head: ObjectInfo | None = None
         is_dir = False
 
@@ -280,7 +290,7 @@ class Namespace:
                 self._warn_once(self.key(path), "is both an object and a prefix; the object is hidden")
             return self._node_for(path, None)
         if head is not None:
-            return self._node_for(path, head)
+            return self._node_for(path, head, started)
         self._forget_missing(path)
         raise errors.NotFound(path)
 
@@ -311,7 +321,7 @@ class Namespace:
             listing = await self._fetch_listing(node.path)
         out: dict[str, Node] = {}
         for name, info in listing.entries.items():
-            out[name] = self._node_for(join(node.path, name), info)
+            out[name] = self._node_for(join(node.path, name), info, listing.started)
         # Files this mount is writing, and directories it made, that S3 may not show yet.
         for path, child in list(self.paths.items()):
             if (child.session is not None or child.local_dir) and parent_of(path) == node.path and path:
@@ -319,6 +329,7 @@ class Namespace:
         return sorted(out.items())
 
     async def _fetch_listing(self, path: str) -> _Listing:
+        started = time.monotonic()
         prefix = self.dir_key(path)
         entries: dict[str, ObjectInfo | None] = {}
         files: dict[str, ObjectInfo] = {}
@@ -345,7 +356,7 @@ class Namespace:
                 self._warn_once(obj.key, "is both an object and a prefix; the object is hidden")
             else:
                 entries[name] = obj
-        listing = _Listing(entries)
+        listing = _Listing(entries, started)
         self._listings[path] = listing
         return listing
 
@@ -376,7 +387,7 @@ class Namespace:
 
     def note_empty_dir(self, path: str) -> None:
         """A directory this mount just created: its (empty) listing is known."""
-        self._listings[path] = _Listing({})
+        self._listings[path] = _Listing({}, time.monotonic())
 
     def note_removed(self, path: str) -> None:
         listing = self._listings.get(parent_of(path))

@@ -266,6 +266,7 @@ class Publisher:
         src.etag, src.size, src.committed = etag, len(body), True
         src.version += 1
         src.mtime = time.time()
+        src.fetched = time.monotonic()
         src.index_base = (etag, body)
         self.cache.put((self.ns.key(new_path), etag, 0), body)
         self.on_published(new_path)

@@ -72,8 +72,8 @@ def check_mountpoint(mountpoint: Path) -> None:
 def _is_dead(mountpoint: Path) -> bool:
     try:
         os.stat(mountpoint)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+    except OSError as exc:  # the kernel's words for "this FUSE daemon is gone"
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 

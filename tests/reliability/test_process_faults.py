@@ -31,8 +31,9 @@ def test_sigkill_daemon_then_umount_clears_dead_mount_and_remount_works(bucket, 
     pid = kill_daemon(m, signal.SIGKILL)
     assert wait_dead(pid, 10), "the daemon survived SIGKILL"
     o = bounded(os.stat, HANG, m.path)
-    assert o.status == "error" and o.errno == errno.ENOTCONN, (
-        f"stat of a mount whose daemon was killed: {o!r}, expected ENOTCONN")
+    # ENOTCONN, or ECONNABORTED when the kernel aborted a request that was in flight
+    assert o.status == "error" and o.errno in (errno.ENOTCONN, errno.ECONNABORTED), (
+        f"stat of a mount whose daemon was killed: {o!r}, expected ENOTCONN/ECONNABORTED")
 
     res = run([*ocifs_bin(), "umount", m.path], env=bucket.s3.env(), timeout=60, check=False)
     assert res.returncode == 0, f"ocifs umount of a dead mount failed\n{res.describe()}"
