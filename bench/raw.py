@@ -8,7 +8,6 @@ pattern (or hashed in order for a real file) and discarded.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass
 
 from bench.common import Endpoint

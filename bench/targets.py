@@ -7,15 +7,13 @@ Every target mounts the SAME bucket through the SAME endpoint URL (the toxiproxy
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
-    CLEANUP, MiB, Endpoint, OcifsMount, force_unmount, is_mounted, log, stop_process, tool, wait_mounted,
+    CLEANUP, Endpoint, OcifsMount, force_unmount, is_mounted, stop_process, tool, wait_mounted,
 )
 
 MOUNT_TIMEOUT = 60

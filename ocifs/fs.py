@@ -23,9 +23,9 @@ import trio
 from ocifs import errors
 from ocifs.cache import ChunkCache
 from ocifs.config import MiB, Config
-from ocifs.markers import Markers
 from ocifs.layout import ingest_target, is_blob_path, is_index, join, name_to_str, parent_of
-from ocifs.namespace import ROOT_INODE, Namespace, Node, uid_gid
+from ocifs.markers import Markers
+from ocifs.namespace import Namespace, Node, uid_gid
 from ocifs.prefetch import ReadAhead
 from ocifs.publish import Publisher
 from ocifs.s3 import S3
@@ -745,7 +745,4 @@ class Operations(pyfuse3.Operations):
         out["uploads.active"] = sum(1 for n in self.ns.nodes.values() if n.session is not None and n.session.dirty)
         out["readahead.window_bytes"] = max((h.readahead.window for h in self._handles.values()), default=0)
         return out
-
-    def root(self) -> Node:
-        return self.ns.get(ROOT_INODE)
 
