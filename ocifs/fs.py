@@ -95,7 +95,7 @@ def first_leaf(group: BaseExceptionGroup) -> BaseException:
 class Handle:
     """One open file: which version it reads and how it reads ahead."""
 
-    __slots__ = ("node", "writer", "key", "etag", "size", "readahead", "pid", "session", "verify")
+    __slots__ = ("node", "writer", "key", "etag", "size", "readahead", "pid", "session", "verify", "corrupt")
 
     def __init__(self, node: Node, writer: bool, key: str, readahead: ReadAhead, pid: int | None) -> None:
         self.node = node
@@ -105,6 +105,7 @@ class Handle:
         # close, so concurrent rewriters never mix their bytes.
         self.session: WriteSession | None = None
         self.verify: "hashlib._Hash | None" = None  # --verify-reads: sequential hash of a blob
+        self.corrupt = False  # --verify-reads found the blob's content wrong: every read fails
         # The committed version this handle reads when it does not read the staging copy.
         self.key = key
         self.etag = node.etag
@@ -528,6 +529,8 @@ class Operations(pyfuse3.Operations):
         if session is not None and (h.session is not None or h.writer or not session.private):
             n = max(0, min(size, session.size - off))
             return session.staging.pread(n, off) if n else b""
+        if h.corrupt:
+            raise errors.RemoteError(f"{h.key}: content does not match its digest")
         try:
             data = await self._read_committed(h, off, size)
         except errors.PreconditionFailed:
@@ -558,6 +561,7 @@ class Operations(pyfuse3.Operations):
             h.verify = None
             self._verify_pos.pop(id(h), None)
             if got != want:
+                h.corrupt = True  # the kernel retries failed read-ahead: keep failing
                 log.error("blob %s read from S3 hashes to %s: corrupt object", h.key, got)
                 raise errors.RemoteError(f"{h.key}: content does not match its digest")
 

@@ -269,3 +269,21 @@ def test_ls_lists_repos_and_tags(mount, tmp_path):
     got = {r["repo"]: [t["tag"] for t in r["tags"]] for r in repos}
     assert got == {"one": ["v1"], "team/two": ["v2"]}
     assert "one: v1" in tool(mount, "ls").stdout
+
+
+def test_verify_reads_turns_a_corrupt_blob_into_eio(bucket, mount_factory):
+    good = b"the real layer " * 5000
+    digest = sha(good)
+    bucket.put(f"lay/blobs/sha256/{digest}", b"bit rot " * 9000)  # corrupt object under the name
+    m = mount_factory(bucket, extra_args=["--verify-reads"])
+    with pytest.raises(OSError) as exc:
+        (m.path / "lay" / "blobs" / "sha256" / digest).read_bytes()
+    assert exc.value.errno == errno.EIO
+    assert "content does not match its digest" in m.log or "hashes to" in m.log
+
+
+def test_without_verify_reads_a_blob_reads_as_stored(bucket, mount_factory):
+    stored = b"whatever is there " * 100
+    bucket.put(f"lay/blobs/sha256/{sha(b'x')}", stored)
+    m = mount_factory(bucket)
+    assert (m.path / "lay" / "blobs" / "sha256" / sha(b"x")).read_bytes() == stored
