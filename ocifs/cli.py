@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ocifs import __version__, errors
+from ocifs import __version__, errors, store
 from ocifs import settings
 from ocifs.config import Config
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ocifs: {exc}", file=sys.stderr)
         return 2
-    except errors.OcifsError as exc:
+    except (errors.OcifsError, store.StoreError) as exc:
         print(f"ocifs: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

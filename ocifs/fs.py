@@ -20,7 +20,7 @@ from typing import ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from ocifs import errors
+from ocifs import errors, store
 from ocifs.cache import ChunkCache
 from ocifs.config import MiB, Config
 from ocifs.layout import ingest_target, is_blob_path, is_index, join, name_to_str, parent_of
@@ -57,6 +57,10 @@ def fuse_op(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 raise first_leaf(group) from None
         except pyfuse3.FUSEError:
             raise
+        except store.StoreError as exc:
+            err = _STORE_ERRNO.get(type(exc), errno.EIO)
+            log.warning("%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(err, err))
+            raise pyfuse3.FUSEError(err) from None
         except errors.OcifsError as exc:
             level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY) else logging.WARNING
             log.log(level, "%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
@@ -74,6 +78,14 @@ def fuse_op(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+_STORE_ERRNO = {
+    store.NotFound: errno.ENOENT,
+    store.Denied: errno.EACCES,
+    store.PreconditionFailed: errno.ESTALE,
+    store.Unsupported: errno.ENOTSUP,
+}
+
+
 def first_leaf(group: BaseExceptionGroup) -> BaseException:
     """The error to report from a group: an OcifsError if there is one (it has the errno)."""
     leaves: list[BaseException] = []
@@ -84,7 +96,7 @@ def first_leaf(group: BaseExceptionGroup) -> BaseException:
 
     walk(group)
     for e in leaves:
-        if isinstance(e, errors.OcifsError):
+        if isinstance(e, (errors.OcifsError, store.StoreError)):
             return e
     for e in leaves:
         if not isinstance(e, trio.Cancelled):
@@ -438,7 +450,7 @@ class Operations(pyfuse3.Operations):
                     try:
                         content = await self._read_version(self.ns.key(node.path), etag, node.size)
                         break
-                    except errors.PreconditionFailed:  # replaced since our HEAD: look again
+                    except store.PreconditionFailed:  # replaced since our HEAD: look again
                         if attempt == 2:
                             raise
                         await self.ns.revalidate(node, force=True)
@@ -533,7 +545,7 @@ class Operations(pyfuse3.Operations):
             raise errors.RemoteError(f"{h.key}: content does not match its digest")
         try:
             data = await self._read_committed(h, off, size)
-        except errors.PreconditionFailed:
+        except store.PreconditionFailed:
             if is_blob_path(node.path) or h.readahead.next_offset not in (None, off):
                 raise  # mid-file: the version this handle was reading is gone
             # Replaced by another writer before we read anything: read the new version.
@@ -646,7 +658,7 @@ class Operations(pyfuse3.Operations):
                     del self._own[(node.inode, h.pid)]
                 try:
                     await self._commit(node, h.session, h.pid)
-                except errors.OcifsError as exc:
+                except (errors.OcifsError, store.StoreError) as exc:
                     log.error("discarding unpublished rewrite of %s: %s", node.path, exc)
                 with trio.CancelScope(shield=True):
                     await h.session.discard()
@@ -655,7 +667,7 @@ class Operations(pyfuse3.Operations):
                 if session.dirty and not node.unlinked:
                     try:
                         await self._commit(node, session, h.pid)
-                    except errors.OcifsError as exc:
+                    except (errors.OcifsError, store.StoreError) as exc:
                         log.error("discarding unpublished writes to %s: %s", node.path, exc)
                 if session.dirty and session.sealed and not node.unlinked:
                     log.debug("%s sealed; waiting for its rename", node.path)  # zero-copy: parked
@@ -733,7 +745,7 @@ class Operations(pyfuse3.Operations):
             if node.session is not None:
                 try:
                     await self._commit(node, node.session, durable=True)
-                except errors.OcifsError as exc:
+                except (errors.OcifsError, store.StoreError) as exc:
                     log.error("could not publish %s at unmount: %s", node.path, exc)
                 await self._drop_session(node)
         await self.markers.settle()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import trio
 
-from ocifs import errors
+from ocifs import errors, store
 from ocifs.layout import parent_of
 from ocifs.namespace import Namespace
 from ocifs.s3 import S3
@@ -67,7 +67,7 @@ class Markers:
             await busy.wait()
         try:  # always: a marker may exist that this mount never listed
             await self.s3.delete(self.ns.dir_key(path))
-        except errors.NotFound:
+        except store.NotFound:
             pass
         self.ns.markers.discard(path)
 
@@ -83,7 +83,7 @@ class Markers:
             await trio.sleep(self.delay)
             while path in self._want:
                 await self._apply(path, self._want.pop(path))
-        except errors.OcifsError as exc:
+        except (errors.OcifsError, store.StoreError) as exc:
             log.warning("could not update the directory marker of %s: %s", path, exc)
         finally:
             self._busy.pop(path).set()

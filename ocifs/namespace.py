@@ -20,10 +20,11 @@ import time
 
 import trio
 
-from ocifs import errors
+from ocifs import errors, store
 from ocifs.config import Config
 from ocifs.layout import basename, hidden_reason, is_blob_path, join, parent_of
-from ocifs.s3 import S3, ObjectInfo
+from ocifs.s3 import S3
+from ocifs.store import ObjectInfo
 from ocifs.upload import WriteSession
 
 log = logging.getLogger(__name__)
@@ -250,12 +251,12 @@ class Namespace:
             started = time.monotonic()
             try:
                 return self._node_for(path, await self.s3.head(self.key(path)), started)
-            except errors.NotFound:
+            except store.NotFound:
                 page = None if is_blob_path(path) else await self.s3.list_page(self.dir_key(path), delimiter=None, max_keys=1)
                 if page is not None and (page.objects or page.prefixes):
                     return self._node_for(path, None)
                 self._forget_missing(path)
-                raise
+                raise errors.NotFound(path) from None
         return await self._probe(path)
 
     def _forget_missing(self, path: str) -> None:
@@ -274,7 +275,7 @@ class Namespace:
             nonlocal head
             try:
                 head = await self.s3.head(self.key(path))
-            except errors.NotFound:
+            except store.NotFound:
                 pass
 
         async def do_list() -> None:
@@ -304,12 +305,12 @@ class Namespace:
         started = time.monotonic()
         try:
             info = await self.s3.head(self.key(node.path))
-        except errors.NotFound:
+        except store.NotFound:
             if node.fetched > started:  # this mount published it meanwhile
                 return
             # Deleted (or turned into a prefix) by someone else.
             self._detach(node)
-            raise
+            raise errors.NotFound(node.path) from None
         if node.fetched > started or node.session is not None:
             return  # this mount changed it while the HEAD was in flight: ours is newer
         node.apply(info)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ocifs.layout import blob_digest
-from ocifs.s3 import ObjectInfo
+from ocifs.store import ObjectInfo
 
 log = logging.getLogger(__name__)
 

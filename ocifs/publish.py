@@ -26,7 +26,7 @@ from collections.abc import Callable
 import cachetools
 import trio
 
-from ocifs import errors
+from ocifs import errors, store
 from ocifs.cache import ChunkCache
 from ocifs.config import Config
 from ocifs.indexmerge import NotAnIndex, merge
@@ -72,17 +72,17 @@ class Publisher:
             try:
                 await self.s3.put(key, b"", {}, if_none_match=True)
                 ok = False
-            except errors.PreconditionFailed:
+            except store.PreconditionFailed:
                 ok = True
-        except errors.Unsupported:
+        except store.Unsupported:
             ok = False
-        except errors.AccessDenied as exc:
+        except store.Denied as exc:
             # Read-only credentials without --read-only: say so once, and make every write
             # fail fast with EACCES instead of at close (or, for a directory, never).
             self.writes_denied = True
             log.warning("these credentials cannot write to the bucket (%s): writes will fail with EACCES; mount with --read-only to make that explicit", exc)
             return True
-        except errors.OcifsError as exc:
+        except store.StoreError as exc:
             # Credentials that cannot write (a read-only deploy host without --read-only) or a
             # flaky endpoint must not stop the mount: assume support, say why.
             log.warning("could not probe conditional writes (%s); assuming the endpoint honours them", exc)
@@ -90,7 +90,7 @@ class Publisher:
         finally:
             try:
                 await self.s3.delete(key)
-            except errors.OcifsError:
+            except store.StoreError:
                 pass
         self.conditional_writes = ok
         if not ok:
@@ -182,12 +182,12 @@ class Publisher:
                 else:
                     etag = await self.s3.put(key, body, meta, if_none_match=True)
                 return etag, body
-            except (errors.PreconditionFailed, errors.NotFound):
+            except (store.PreconditionFailed, store.NotFound):
                 pass
             self.s3.stats["index.merges"] += 1
             try:
                 theirs_etag, theirs = await self.s3.get(key)
-            except errors.NotFound:
+            except store.NotFound:
                 theirs_etag, theirs = None, None
             try:
                 body, conflicts = merge(base[1] if base else None, ours, theirs)

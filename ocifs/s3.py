@@ -6,8 +6,9 @@ on its own asyncio event loop in a dedicated thread, and trio tasks await its co
 request finishes. No thread is blocked per request, and cancelling the trio task cancels the
 asyncio task. Why this bridge and not trio-asyncio: see README, "Design".
 
-Everything here raises :mod:`ocifs.errors` exceptions, never botocore ones, and counts every
-request by type in :attr:`S3.stats` (what tests and benchmarks read).
+It implements :class:`ocifs.store.ObjectStore`. Everything here raises :mod:`ocifs.store` errors
+(what S3 answered, no errno), never botocore ones, and counts every request by type in
+:attr:`S3.stats` (what tests and benchmarks read).
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import dataclasses
 import datetime as dt
 import logging
 import threading
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -35,39 +34,23 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from ocifs import errors
+from ocifs import errors, store
 from ocifs.config import Config
+from ocifs.store import ListPage, ObjectInfo, PartInfo, UploadInfo
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 # S3 error codes that mean "no such thing" / "not allowed" / "changed under you".
-_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 _PRECONDITION = {"412", "PreconditionFailed"}
 BODY_RETRIES = 4  # attempts at a ranged GET whose body broke off
 
 
-class BodyError(errors.RemoteError):
+class BodyError(store.BadResponse):
     """A response body that broke off or had the wrong length: worth another try."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    key: str
-    size: int
-    mtime: float  # seconds since epoch: x-amz-meta-mtime if set, else LastModified
-    etag: str
-    mode: int | None = None  # st_mode from x-amz-meta-mode; None when unknown (listing)
-    meta_known: bool = False  # True when user metadata was read (HEAD/GET), not a listing
-
-
-@dataclasses.dataclass(slots=True)
-class ListPage:
-    prefixes: list[str]
-    objects: list[ObjectInfo]
-    next_token: str | None
 
 
 class AsyncioThread:
@@ -129,30 +112,30 @@ def _parse_meta(meta: dict[str, str], last_modified: dt.datetime) -> tuple[float
     return mtime, mode
 
 
-def translate(exc: BaseException, what: str) -> errors.OcifsError:
-    """Map a botocore exception to the ocifs error a filesystem caller should see."""
+def translate(exc: BaseException, what: str) -> store.StoreError:
+    """Map a botocore/aiohttp exception to the :mod:`ocifs.store` error it means."""
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         msg = exc.response.get("Error", {}).get("Message", "") or code
-        if code in _NOT_FOUND or status == "404":
-            return errors.NotFound(f"{what}: {msg}")
-        if code in _DENIED or status == "403":
-            return errors.AccessDenied(f"{what}: access denied ({code})")
-        if code in _PRECONDITION or status == "412" or code == "ConditionalRequestConflict":
-            return errors.PreconditionFailed(f"{what}: object changed ({code})")
-        if code == "NotImplemented" or status == "501":
-            return errors.Unsupported(f"{what}: not implemented by this endpoint ({code})")
+        if code == "NoSuchUpload":
+            return store.NoSuchUpload(f"{what}: no such multipart upload")
         if code == "NoSuchBucket":
-            return errors.BucketError(f"{what}: no such bucket")
-        return errors.RemoteError(f"{what}: {code or status}: {msg}")
+            return store.NoSuchBucket(f"{what}: no such bucket")
+        if code in _NOT_FOUND or status == "404":
+            return store.NotFound(f"{what}: {msg}")
+        if code in _DENIED or status == "403":
+            return store.Denied(f"{what}: access denied ({code})")
+        if code in _PRECONDITION or status == "412" or code == "ConditionalRequestConflict":
+            return store.PreconditionFailed(f"{what}: precondition failed ({code})")
+        if code == "NotImplemented" or status == "501":
+            return store.Unsupported(f"{what}: not implemented by this endpoint ({code})")
+        return store.Unavailable(f"{what}: {code or status}: {msg}")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return errors.AccessDenied(f"{what}: no usable credentials ({exc})")
+        return store.Denied(f"{what}: no usable credentials ({exc})")
     if isinstance(exc, EndpointConnectionError):
-        return errors.RemoteError(f"{what}: cannot reach endpoint ({exc})")
-    if isinstance(exc, (BotoCoreError, OSError, asyncio.TimeoutError)):
-        return errors.RemoteError(f"{what}: {type(exc).__name__}: {exc}")
-    return errors.RemoteError(f"{what}: {type(exc).__name__}: {exc}")
+        return store.Unavailable(f"{what}: cannot reach endpoint ({exc})")
+    return store.Unavailable(f"{what}: {type(exc).__name__}: {exc}")
 
 
 class S3:
@@ -275,16 +258,16 @@ class S3:
             self.stats[f"requests.{op}"] += 1
             try:
                 return await self._aio.run_in_trio(self._guard(op, fn))
-            except (errors.NotFound, errors.PreconditionFailed):
+            except (store.NotFound, store.PreconditionFailed):
                 raise  # answers, not failures
-            except errors.OcifsError:
+            except store.StoreError:
                 self.stats[f"errors.{op}"] += 1
                 raise
 
     async def _guard(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
-        except errors.OcifsError:
+        except store.StoreError:
             raise
         except Exception as exc:
             raise translate(exc, op) from None
@@ -306,29 +289,45 @@ class S3:
             async with r["Body"] as body:
                 data = await body.read()
             if len(data) != r["ContentLength"]:
-                raise errors.RemoteError(f"GetObject {key}: short body")
+                raise store.BadResponse(f"GetObject {key}: short body")
             return r["ETag"], data
 
         etag, data = await self.call("GetObject", go)
         self.stats["bytes.in"] += len(data)
         return etag, data
 
-    async def list_multipart(self, prefix: str) -> list[tuple[str, str, float]]:
-        """Incomplete multipart uploads under ``prefix``: (key, upload id, initiated)."""
+    async def list_multipart(self, prefix: str) -> list[UploadInfo]:
+        """Incomplete multipart uploads under ``prefix``."""
 
-        async def go() -> list[tuple[str, str, float]]:
-            out: list[tuple[str, str, float]] = []
+        async def go() -> list[UploadInfo]:
+            out: list[UploadInfo] = []
             kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
             while True:
                 r = await self._client.list_multipart_uploads(**kw)
                 for u in r.get("Uploads", []):
-                    out.append((u["Key"], u["UploadId"], u["Initiated"].timestamp()))
+                    out.append(UploadInfo(u["Key"], u["UploadId"], u["Initiated"].timestamp()))
                 if not r.get("IsTruncated"):
                     return out
                 kw["KeyMarker"] = r.get("NextKeyMarker")
                 kw["UploadIdMarker"] = r.get("NextUploadIdMarker")
 
         return await self.call("ListMultipartUploads", go)
+
+    async def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """The parts uploaded so far to an incomplete multipart upload."""
+
+        async def go() -> list[PartInfo]:
+            out: list[PartInfo] = []
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
+            while True:
+                r = await self._client.list_parts(**kw)
+                for p in r.get("Parts", []):
+                    out.append(PartInfo(p["PartNumber"], p["Size"], p["ETag"], p["LastModified"].timestamp()))
+                if not r.get("IsTruncated"):
+                    return out
+                kw["PartNumberMarker"] = r.get("NextPartNumberMarker")
+
+        return await self.call("ListParts", go)
 
     async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
         """Bytes [start, end) of ``key``; raises unless exactly that many bytes arrive.
@@ -424,27 +423,18 @@ class S3:
         return etag
 
     async def create_multipart(self, key: str, meta: dict[str, str]) -> str:
-        started = time.time()
-
         async def go() -> tuple[str, int]:
             r = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=meta)
             return r["UploadId"], r.get("ResponseMetadata", {}).get("RetryAttempts", 0)
 
         upload_id, retried = await self.call("CreateMultipartUpload", go)
         if retried:
-            # A retried create may have created an upload whose answer was lost: abort
-            # those twins now, or they would sit in the bucket (and on the bill) forever.
-            await self._abort_twins(key, upload_id, started - 5)
+            # A retried create may have made an upload whose answer was lost. Nothing tells
+            # ours from another host's upload of the same key (same credentials), so it is
+            # left alone: it holds no parts (nobody knows its id), costs nothing, and
+            # `ocifs fsck --repair` or a bucket lifecycle rule removes it.
+            log.info("CreateMultipartUpload %s was retried; an empty twin upload may be left", key)
         return upload_id
-
-    async def _abort_twins(self, key: str, keep: str, since: float) -> None:
-        try:
-            for k, uid, initiated in await self.list_multipart(key):
-                if k == key and uid != keep and initiated >= since:
-                    log.info("aborting duplicate multipart upload %s of %s (a retried create)", uid, key)
-                    await self.abort_multipart(k, uid)
-        except errors.OcifsError as exc:
-            log.warning("could not check %s for duplicate multipart uploads: %s", key, exc)
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: bytes | Callable[[], bytes]) -> str:
         """Upload one part. ``body`` may be a function that reads it: it is then called only
@@ -464,7 +454,7 @@ class S3:
             self.stats["requests.UploadPart"] += 1
             try:
                 etag = await self._aio.run_in_trio(self._guard("UploadPart", lambda: go(data)))
-            except errors.OcifsError:
+            except store.StoreError:
                 self.stats["errors.UploadPart"] += 1
                 raise
         self.stats["bytes.out"] += size
@@ -488,28 +478,35 @@ class S3:
 
         try:
             await self.call("AbortMultipartUpload", go)
-        except errors.NotFound:
+        except (store.NoSuchUpload, store.NotFound):
             pass
 
-    async def copy(self, src: str, dst: str, meta: dict[str, str]) -> str:
+    async def copy(self, src: str, dst: str, meta: dict[str, str], src_etag: str | None = None) -> str:
         """Server-side copy with new metadata (also used as a metadata-only self-copy)."""
 
         async def go() -> str:
+            kw: dict[str, Any] = {}
+            if src_etag:
+                kw["CopySourceIfMatch"] = src_etag
             r = await self._client.copy_object(
                 Bucket=self.bucket,
                 Key=dst,
                 CopySource={"Bucket": self.bucket, "Key": src},
                 Metadata=meta,
                 MetadataDirective="REPLACE",
+                **kw,
             )
             return r["CopyObjectResult"]["ETag"]
 
         return await self.call("CopyObject", go)
 
     async def upload_part_copy(
-        self, src: str, dst: str, upload_id: str, number: int, start: int, end: int
+        self, src: str, dst: str, upload_id: str, number: int, start: int, end: int, src_etag: str | None = None
     ) -> str:
         async def go() -> str:
+            kw: dict[str, Any] = {}
+            if src_etag:
+                kw["CopySourceIfMatch"] = src_etag
             r = await self._client.upload_part_copy(
                 Bucket=self.bucket,
                 Key=dst,
@@ -517,6 +514,7 @@ class S3:
                 PartNumber=number,
                 CopySource={"Bucket": self.bucket, "Key": src},
                 CopySourceRange=f"bytes={start}-{end - 1}",
+                **kw,
             )
             return r["CopyPartResult"]["ETag"]
 

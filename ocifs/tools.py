@@ -16,10 +16,11 @@ from typing import Any, TextIO
 
 import trio
 
-from ocifs import errors
+from ocifs import store
 from ocifs.config import Config
 from ocifs.oci import Layout, group_layouts, reachable, tags_of
-from ocifs.s3 import S3, ObjectInfo
+from ocifs.s3 import S3
+from ocifs.store import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ async def _index_doc(s3: S3, lay: Layout) -> dict[str, Any] | None:
         return None
     try:
         doc = json.loads(await _load(s3, lay.index))
-    except (ValueError, errors.NotFound):
+    except (ValueError, store.NotFound):
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -204,9 +205,9 @@ def fsck(cfg: Config, grace: float, repair: bool, out: TextIO = sys.stdout) -> i
             for o in lay.leftovers:
                 if now - o.mtime >= grace:
                     problems.append(Problem("leftover", o.key, f"temporary file, {(now - o.mtime) / 3600:.1f} h old", True))
-        for key, upload_id, started in await s3.list_multipart(cfg.prefix):
-            if now - started >= grace:
-                problems.append(Problem("multipart", key, f"incomplete multipart upload {upload_id}", True, upload_id))
+        for up in await s3.list_multipart(cfg.prefix):
+            if now - up.initiated >= grace:
+                problems.append(Problem("multipart", up.key, f"incomplete multipart upload {up.upload_id}", True, up.upload_id))
         if repair:
             for p in problems:
                 if not p.repairable:

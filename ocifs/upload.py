@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from ocifs import errors
+from ocifs import errors, store
 from ocifs.s3 import S3
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class WriteSession:
         self._idle = trio.Event()
         self._idle.set()
         self._running = 0
-        self._error: errors.OcifsError | None = None
+        self._error: errors.OcifsError | store.StoreError | None = None
         self._reset_upload()
 
     def _reset_upload(self) -> None:
@@ -217,7 +217,7 @@ class WriteSession:
     async def _upload_part_task(self, number: int) -> None:
         try:
             await self._upload_part(number)
-        except errors.OcifsError as exc:
+        except (errors.OcifsError, store.StoreError) as exc:
             if self._error is None:
                 self._error = exc
                 log.warning("upload of part %d of %s failed: %s", number, self.key, exc)
@@ -387,7 +387,7 @@ class WriteSession:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 try:
                     await self.s3.abort_multipart(key, upload_id)
-                except errors.OcifsError as exc:
+                except store.StoreError as exc:
                     log.warning("could not abort multipart upload of %s: %s", key, exc)
 
     async def discard(self) -> None:
