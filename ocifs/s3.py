@@ -130,6 +130,8 @@ def translate(exc: BaseException, what: str) -> store.StoreError:
             return store.PreconditionFailed(f"{what}: precondition failed ({code})")
         if code == "NotImplemented" or status == "501":
             return store.Unsupported(f"{what}: not implemented by this endpoint ({code})")
+        if status.startswith("4"):
+            return store.Rejected(f"{what}: {code or status}: {msg}")
         return store.Unavailable(f"{what}: {code or status}: {msg}")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return store.Denied(f"{what}: no usable credentials ({exc})")

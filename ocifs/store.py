@@ -88,6 +88,11 @@ class NoSuchBucket(StoreError):
     """The bucket does not exist."""
 
 
+class Rejected(StoreError):
+    """Another 4xx: the request itself was refused (EntityTooSmall, InvalidPart, InvalidRange,
+    InvalidObjectName, ...). Retrying it unchanged will not help."""
+
+
 class Unavailable(StoreError):
     """The endpoint could not be reached, or kept failing after retries (5xx, resets, timeouts)."""
 
