@@ -3,10 +3,16 @@
 A chunk is ``chunk_size`` bytes of one object version, keyed by (key, etag, index): a new
 version of an object never hits an old chunk. The cache is bounded in bytes (cachetools LRU
 with ``getsizeof=len``). Concurrent requests for the same missing chunk share one GET.
+
+A GET that is *abandoned* (its task was cancelled: the read that started it timed out, or the
+read-ahead was dropped) is not an answer: its waiters start their own GET. Re-raising the
+filler's ``trio.Cancelled`` in a waiter's task would cancel nothing there and unwind that task
+to its nursery — that is how one timed-out read used to end the FUSE loop.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -25,7 +31,7 @@ class _Pending:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.data: bytes | None = None
-        self.error: BaseException | None = None
+        self.error: Exception | None = None  # None with no data: abandoned, try again
 
 
 class ChunkCache:
@@ -46,9 +52,6 @@ class ChunkCache:
     def current_bytes(self) -> int:
         return int(self._lru.currsize)
 
-    def peek(self, ck: ChunkKey) -> bytes | None:
-        return self._lru.get(ck)
-
     def put(self, ck: ChunkKey, data: bytes) -> None:
         if len(data) <= self._lru.maxsize:
             self._make_room(len(data))
@@ -63,20 +66,22 @@ class ChunkCache:
 
     async def get(self, ck: ChunkKey, object_size: int, fetch: Fetch) -> bytes:
         """The chunk's bytes, from memory or by one ranged GET shared with other waiters."""
-        data = self._lru.get(ck)
-        if data is not None:
-            self.hits += 1
-            return data
-        pending = self._pending.get(ck)
-        if pending is not None:
-            self.hits += 1
+        while True:
+            data = self._lru.get(ck)
+            if data is not None:
+                self.hits += 1
+                return data
+            pending = self._pending.get(ck)
+            if pending is None:
+                self.misses += 1
+                return await self._fill(ck, object_size, fetch)
             await pending.done.wait()
+            if pending.data is not None:
+                self.hits += 1
+                return pending.data
             if pending.error is not None:
-                raise pending.error
-            assert pending.data is not None
-            return pending.data
-        self.misses += 1
-        return await self._fill(ck, object_size, fetch)
+                # The same answer for every waiter, as a fresh exception of this task's own.
+                raise copy.copy(pending.error) from pending.error
 
     async def _fill(self, ck: ChunkKey, object_size: int, fetch: Fetch) -> bytes:
         pending = _Pending()
@@ -88,7 +93,7 @@ class ChunkCache:
         try:
             data = await fetch(start, end)
             pending.data = data
-        except BaseException as exc:
+        except Exception as exc:
             pending.error = exc
             raise
         finally:

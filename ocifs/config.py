@@ -49,6 +49,12 @@ class Config:
     # Prometheus text over HTTP on HOST:PORT (opt-in); the unix socket is always there.
     metrics_addr: str | None = None
     mountpoint: Path | None = None
+    # Who owns every file and directory, and the modes of those without a stored mode. The
+    # kernel enforces them (default_permissions) whenever other users can reach the mount.
+    uid: int | None = None  # None: the mounting user
+    gid: int | None = None
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
 
     @property
     def staging_dir(self) -> Path:

@@ -1,7 +1,7 @@
-"""Exceptions that flow inside ocifs.
+"""Filesystem-level exceptions: what a POSIX caller is told.
 
-Each carries the errno it becomes at the FUSE boundary (fs.py converts them in one place).
-The S3 layer raises these too, so the filesystem never sees botocore exceptions.
+Each carries the errno it becomes at the FUSE boundary. What S3 answered is a different kind of
+error (:mod:`ocifs.store`, no errno); the FUSE edge (:mod:`ocifs.fs`) maps those per operation.
 """
 
 from __future__ import annotations
@@ -52,12 +52,28 @@ class Unsupported(OcifsError):
     errno = errno.ENOTSUP
 
 
-class NoSpace(OcifsError):
-    errno = errno.ENOSPC
-
-
 class InvalidName(OcifsError):
     errno = errno.EINVAL
+
+
+class NameTooLong(OcifsError):
+    errno = errno.ENAMETOOLONG
+
+
+class Busy(OcifsError):
+    errno = errno.EBUSY
+
+
+class Stale(OcifsError):
+    """The version an open file was reading is gone (replaced or deleted elsewhere)."""
+
+    errno = errno.ESTALE
+
+
+class Timeout(OcifsError):
+    """An operation gave up waiting (the operation deadline)."""
+
+    errno = errno.EIO
 
 
 class DigestMismatch(OcifsError):

@@ -1,21 +1,23 @@
-"""pyfuse3 Operations: the FUSE boundary.
+"""pyfuse3 Operations: the FUSE edge.
 
-Thin on purpose: each operation resolves nodes in :mod:`ocifs.namespace`, moves bytes with
-:mod:`ocifs.cache` / :mod:`ocifs.upload`, and lets :func:`fuse_op` turn every exception into one
-errno, in one place, under one deadline.
+Each operation converts pyfuse3's arguments, calls :mod:`ocifs.files` (file semantics) or
+:mod:`ocifs.namespace` (names and attributes), and returns pyfuse3's types. Here, and only here,
+an exception becomes an errno: :func:`errno_for` picks it per operation (a precondition that
+failed under a read is ``ESTALE``; any S3 failure while publishing is ``EIO``, never "no such
+file"), every operation runs under the mount's deadline, and no exception — a timeout, a bug,
+a stray cancellation — can leave an operation and end the FUSE loop.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import logging
+import math
 import os
 import stat
-import time
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -23,71 +25,58 @@ import trio
 from ocifs import errors, store
 from ocifs.cache import ChunkCache
 from ocifs.config import MiB, Config
-from ocifs.layout import ingest_target, is_blob_path, is_index, join, name_to_str, parent_of
+from ocifs.files import Files
+from ocifs.layout import is_index, join, name_to_str, parent_of
 from ocifs.markers import Markers
-from ocifs.namespace import Namespace, Node, uid_gid
-from ocifs.prefetch import ReadAhead
+from ocifs.namespace import Namespace, Node
 from ocifs.publish import Publisher
-from ocifs.s3 import S3
-from ocifs.upload import WriteSession
+from ocifs.reader import Reader
+from ocifs.session import Owner
+from ocifs.store import ObjectStore
+from ocifs.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# Attributes of a committed blob never change: the kernel may keep them an hour. Whether the
+# blob still exists is a separate question (the entry timeout, metadata_ttl).
 IMMUTABLE_TIMEOUT = 3600.0
 # st_blksize: callers size their buffers by it (Python's io does); 1 MiB means 1 MiB FUSE
 # requests instead of 4 KiB ones for readers of direct-I/O files.
 BLKSIZE = 1 * MiB
 RENAME_NOREPLACE = 1
 
-
-def fuse_op(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Run a FUSE operation under the mount's deadline and map its errors to one errno."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        self: Operations = args[0]  # type: ignore[assignment]
-        try:
-            try:
-                with trio.fail_after(self.cfg.op_timeout):
-                    return await fn(*args, **kwargs)
-            except BaseExceptionGroup as group:  # parallel requests inside a nursery
-                raise first_leaf(group) from None
-        except pyfuse3.FUSEError:
-            raise
-        except store.StoreError as exc:
-            err = _STORE_ERRNO.get(type(exc), errno.EIO)
-            log.warning("%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(err, err))
-            raise pyfuse3.FUSEError(err) from None
-        except errors.OcifsError as exc:
-            level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY) else logging.WARNING
-            log.log(level, "%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except trio.TooSlowError:
-            log.error("%s: gave up after %.0f s (op_timeout)", fn.__name__, self.cfg.op_timeout)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as exc:
-            log.warning("%s: %s", fn.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("%s: unexpected error", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
-
-
-_STORE_ERRNO = {
-    store.NotFound: errno.ENOENT,
-    store.Denied: errno.EACCES,
-    store.PreconditionFailed: errno.ESTALE,
-    store.Unsupported: errno.ENOTSUP,
+# Operations that publish (or copy) content: whatever S3 said, the caller hears EIO.
+_PUBLISHING = frozenset({"flush", "fsync", "release", "setattr", "rename", "create"})
+# What an S3 answer means, by operation: (default errno, errno while publishing).
+_STORE_ERRNO: dict[type[store.StoreError], tuple[int, int]] = {
+    store.NotFound: (errno.ENOENT, errno.EIO),
+    store.NoSuchUpload: (errno.EIO, errno.EIO),
+    store.PreconditionFailed: (errno.ESTALE, errno.EIO),
+    store.Denied: (errno.EACCES, errno.EACCES),
+    store.Unsupported: (errno.ENOTSUP, errno.EIO),
 }
+_QUIET = frozenset({errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
 
 
-def first_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The error to report from a group: an OcifsError if there is one (it has the errno)."""
+def errno_for(op: str, exc: BaseException) -> int:
+    """The errno operation ``op`` answers for ``exc`` (one table, one place)."""
+    if isinstance(exc, errors.OcifsError):
+        return exc.errno
+    if isinstance(exc, store.StoreError):
+        for kind, (default, publishing) in _STORE_ERRNO.items():
+            if isinstance(exc, kind):
+                return publishing if op in _PUBLISHING else default
+        return errno.EIO
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from a group: one with an errno of its own if there is one."""
     leaves: list[BaseException] = []
 
     def walk(g: BaseExceptionGroup) -> None:
@@ -95,42 +84,29 @@ def first_leaf(group: BaseExceptionGroup) -> BaseException:
             walk(e) if isinstance(e, BaseExceptionGroup) else leaves.append(e)
 
     walk(group)
-    for e in leaves:
-        if isinstance(e, (errors.OcifsError, store.StoreError)):
-            return e
-    for e in leaves:
-        if not isinstance(e, trio.Cancelled):
-            return e
+    for kinds in ((errors.OcifsError, store.StoreError), (trio.TooSlowError,), (Exception,)):
+        for e in leaves:
+            if isinstance(e, kinds):
+                return e
     return leaves[0]
 
 
-class Handle:
-    """One open file: which version it reads and how it reads ahead."""
+def fuse_op(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Run a FUSE operation under the mount's deadline and turn every failure into one errno."""
+    op = fn.__name__
 
-    __slots__ = ("node", "writer", "key", "etag", "size", "readahead", "pid", "session", "verify", "corrupt")
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self: Operations = args[0]  # type: ignore[assignment]
+        try:
+            with trio.fail_after(self.cfg.op_timeout):
+                return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except BaseException as exc:
+            raise self._fail(op, exc) from None
 
-    def __init__(self, node: Node, writer: bool, key: str, readahead: ReadAhead, pid: int | None) -> None:
-        self.node = node
-        self.writer = writer
-        self.pid = pid  # the opening process (thread group), for index.json bases
-        # index.json rewritten with O_TRUNC: this handle's own staging, published (merged) at
-        # close, so concurrent rewriters never mix their bytes.
-        self.session: WriteSession | None = None
-        self.verify: "hashlib._Hash | None" = None  # --verify-reads: sequential hash of a blob
-        self.corrupt = False  # --verify-reads found the blob's content wrong: every read fails
-        # The committed version this handle reads when it does not read the staging copy.
-        self.key = key
-        self.etag = node.etag
-        self.size = node.size
-        self.readahead = readahead
-
-
-class DirHandle:
-    __slots__ = ("node", "entries")
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.entries: list[tuple[str, Node]] | None = None
+    return wrapper
 
 
 class Operations(pyfuse3.Operations):
@@ -138,73 +114,67 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, cfg: Config, s3: S3) -> None:
+    def __init__(self, cfg: Config, s3: ObjectStore) -> None:
         super().__init__()
         self.cfg = cfg
         self.s3 = s3
         self.ns = Namespace(cfg, s3)
         self.cache = ChunkCache(cfg.cache_size, cfg.chunk_size)
-        self.markers = Markers(s3, self.ns, self._get_nursery)
-        self.publisher = Publisher(cfg, s3, self.ns, self.cache, on_published=self.markers.filled)
-        self.uid, self.gid = uid_gid()
-        self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, DirHandle] = {}
-        self._next_fh = 1
-        self._locks: dict[int, trio.Lock] = {}
-        self._tgids: dict[int, int] = {}
-        self._verify_pos: dict[int, int] = {}
-        # (inode, process) -> that process's private rewrite of an index.json
-        self._own: dict[tuple[int, int], WriteSession] = {}
+        self.reader = Reader(cfg, s3, self.cache)
+        self.markers = Markers(s3, self.ns)
+        self.publisher = Publisher(cfg, s3, self.ns, self.reader, on_published=self.markers.filled)
+        self.files = Files(cfg, s3, self.ns, self.reader, self.publisher, self.markers, self._get_nursery)
+        self.uid = cfg.uid if cfg.uid is not None else os.getuid()
+        self.gid = cfg.gid if cfg.gid is not None else os.getgid()
+        self._dirs: dict[int, tuple[Node, list[tuple[str, Any]] | None, float]] = {}
+        self._next_dir = 1 << 40  # directory handles never collide with file handles
         self.nursery: trio.Nursery | None = None
-        # Read-ahead never plans more than half the cache per file, or it evicts itself.
-        self._max_window = max(cfg.chunk_size, min(cfg.max_readahead, cfg.cache_size // 2))
+        self.stats = s3.stats
 
-    # --- plumbing -------------------------------------------------------------------------
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the mount's services (read-ahead, directory markers) under ``nursery``."""
+        self.nursery = nursery
+        self.reader.group = await TaskGroup.open(nursery, "read-ahead")
+        self.markers.group = await TaskGroup.open(nursery, "directory markers")
+
     def _get_nursery(self) -> trio.Nursery:
         assert self.nursery is not None, "the nursery is set when the mount starts"
         return self.nursery
 
-    def _lock(self, node: Node) -> trio.Lock:
-        lock = self._locks.get(node.inode)
-        if lock is None:
-            lock = self._locks[node.inode] = trio.Lock()
-        return lock
+    # --- errors ---------------------------------------------------------------------------
+    def _fail(self, op: str, exc: BaseException) -> BaseException:
+        """The FUSEError for ``exc``; a real cancellation (the loop is ending) goes on."""
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _leaf(exc)
+        if isinstance(exc, trio.Cancelled):
+            if trio.current_effective_deadline() == -math.inf:
+                return exc  # the FUSE loop is shutting down: let it
+            log.error("%s: a cancellation escaped its scope (a bug); answering EIO", op)
+            return pyfuse3.FUSEError(errno.EIO)
+        if isinstance(exc, trio.TooSlowError):
+            log.error("%s: gave up after %.0f s (op_timeout)", op, self.cfg.op_timeout)
+            return pyfuse3.FUSEError(errno.EIO)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            return exc
+        err = errno_for(op, exc)
+        if isinstance(exc, (errors.OcifsError, store.StoreError, OSError)):
+            level = logging.DEBUG if err in _QUIET else logging.WARNING
+            log.log(level, "%s: %s (%s)", op, exc, errno.errorcode.get(err, err))
+        else:
+            log.error("%s: unexpected %s: %s", op, type(exc).__name__, exc, exc_info=exc)
+        return pyfuse3.FUSEError(err)
 
-    def _new_fh(self) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        return fh
+    # --- who is asking --------------------------------------------------------------------
+    def owner(self, ctx: pyfuse3.RequestContext | None) -> Owner:
+        return owner_of(ctx.pid if ctx is not None else 0)
 
-    def _tgid(self, ctx: pyfuse3.RequestContext | None) -> int | None:
-        """The process (thread group) behind a request: FUSE reports the thread id."""
-        if ctx is None or not ctx.pid:
-            return None
-        pid = ctx.pid
-        tgid = self._tgids.get(pid)
-        if tgid is None:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith("Tgid:"):
-                            tgid = int(line.split()[1])
-                            break
-            except OSError:
-                pass
-            tgid = tgid or pid
-            if len(self._tgids) > 4096:
-                self._tgids.clear()
-            self._tgids[pid] = tgid
-        return tgid
+    def _viewer(self, node: Node, ctx: pyfuse3.RequestContext | None) -> Owner | None:
+        """Who sees these attributes; only asked when some process is writing the node."""
+        return self.owner(ctx) if node.sessions and ctx is not None and ctx.pid else None
 
-    def _check_writable(self) -> None:
-        if self.cfg.read_only:
-            raise errors.ReadOnly("mounted read-only")
-        if self.publisher.writes_denied:
-            raise errors.AccessDenied("these credentials cannot write to the bucket")
-
-    def attrs(self, node: Node, pid: int | None = None) -> pyfuse3.EntryAttributes:
-        """Attributes as process ``pid`` sees them: a process rewriting a file (O_TRUNC) sees
-        its new content; everyone else sees the committed version until the commit."""
+    def attrs(self, node: Node, owner: Owner | None = None) -> pyfuse3.EntryAttributes:
+        """Attributes as process ``owner`` sees them: its own pending version if it has one,
+        else the committed one."""
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.inode
         e.generation = 0
@@ -212,13 +182,7 @@ class Operations(pyfuse3.Operations):
         e.st_nlink = 2 if node.is_dir else 1
         e.st_uid = self.uid
         e.st_gid = self.gid
-        size = node.size
-        session = node.session
-        if session is not None and (not session.private or (pid is not None and session.owner == pid)):
-            size = session.size
-        elif pid is not None and (node.inode, pid) in self._own:
-            session = self._own[(node.inode, pid)]
-            size = session.size
+        size = self.files.size_seen_by(node, owner)
         e.st_size = size
         e.st_blksize = BLKSIZE
         e.st_blocks = (size + 511) // 512
@@ -227,9 +191,12 @@ class Operations(pyfuse3.Operations):
         ttl = self.cfg.metadata_ttl
         if node.is_dir:
             e.attr_timeout = e.entry_timeout = ttl
+        elif node.sessions:
+            # Processes see different sizes while one writes: the kernel must ask each time.
+            e.attr_timeout = e.entry_timeout = 0
         elif node.immutable:
-            e.attr_timeout = e.entry_timeout = IMMUTABLE_TIMEOUT
-        elif session is not None or not node.meta_known:
+            e.attr_timeout, e.entry_timeout = IMMUTABLE_TIMEOUT, ttl
+        elif not node.meta_known:
             e.attr_timeout, e.entry_timeout = 0, ttl
         else:
             e.attr_timeout = e.entry_timeout = ttl
@@ -252,55 +219,36 @@ class Operations(pyfuse3.Operations):
             neg.st_ino = 0
             neg.entry_timeout = self.cfg.metadata_ttl
             return neg
-        # A node known only from a listing lacks mode/mtime: its attributes go out with
-        # attr_timeout 0, so a stat() asks getattr (one HEAD) and a plain open() asks nothing.
         node.lookups += 1
-        return self.attrs(node, self._tgid(ctx))
+        return self.attrs(node, self._viewer(node, ctx))
 
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             self.ns.forget(inode, count)
-            if inode not in self.ns.nodes:
-                self._locks.pop(inode, None)
 
     @fuse_op
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         node = self.ns.get(inode)
         await self.ns.revalidate(node)
-        return self.attrs(node, self._tgid(ctx))
+        return self.attrs(node, self._viewer(node, ctx))
 
     @fuse_op
     async def setattr(
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         node = self.ns.get(inode)
-        meta_changed = False
-        if fields.update_mode:
-            self._check_writable()
-            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
-            meta_changed = True
-        if fields.update_mtime:
-            self._check_writable()
-            node.mtime = attr.st_mtime_ns / 1e9
-            node.explicit_mtime = True
-            meta_changed = True
-        # update_uid / update_gid: accepted and ignored (ownership is the mounting user's).
-        if node.is_dir:
-            return self.attrs(node)
-        if fields.update_size:
-            self._check_writable()
-            async with self._lock(node):
-                session = await self._session_for_write(node, attr.st_size == 0, self._tgid(ctx))
-                session.truncate(attr.st_size)
-            node.mtime = time.time()
-            if node.opens == 0:  # truncate(2) by path: publish now
-                await self._commit(node, node.session)
-                await self._drop_session(node)
-            return self.attrs(node, self._tgid(ctx))
-        if meta_changed and node.committed and not is_blob_path(node.path) and (node.session is None or not node.session.dirty):
-            # Metadata of a committed object only changes by a (server-side) self-copy.
-            node.etag = await self.s3.copy(self.ns.key(node.path), self.ns.key(node.path), node.meta())
-        return self.attrs(node, self._tgid(ctx))
+        owner = self.owner(ctx)
+        # update_uid / update_gid: accepted and ignored (every file is the mount's --uid/--gid;
+        # with allow_other the kernel refuses a chown by anyone but root first).
+        if fields.update_mode or fields.update_mtime:
+            await self.files.set_meta(
+                node,
+                attr.st_mode if fields.update_mode else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+            )
+        if fields.update_size and not node.is_dir:
+            await self.files.truncate(node, attr.st_size, owner, fh)
+        return self.attrs(node, owner)
 
     @fuse_op
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -318,20 +266,24 @@ class Operations(pyfuse3.Operations):
         node = self.ns.get(inode)
         if not node.is_dir:
             raise errors.NotADirectory(node.path)
-        fh = self._new_fh()
-        self._dirs[fh] = DirHandle(node)
+        fh = self._next_dir
+        self._next_dir += 1
+        self._dirs[fh] = (node, None, 0.0)
         return fh
 
     @fuse_op
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        d = self._dirs[fh]
-        if d.entries is None or start_id == 0:
-            d.entries = await self.ns.list_dir(d.node)
-        for i in range(start_id, len(d.entries)):
-            name, node = d.entries[i]
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"), self.attrs(node), i + 1):
+        node, entries, started = self._dirs[fh]
+        if entries is None or start_id == 0:
+            entries, started = await self.ns.list_dir(node)
+            self._dirs[fh] = (node, entries, started)
+        for i in range(start_id, len(entries)):
+            name, entry = entries[i]
+            child = entry if isinstance(entry, Node) else self.ns.node_for(join(node.path, name), entry, started)
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"), self.attrs(child), i + 1):
+                self.ns.maybe_drop(child)  # the kernel did not take it: nobody refers to it
                 break
-            node.lookups += 1
+            child.lookups += 1
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -341,10 +293,11 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        self._check_writable()
+        self.files.check_writable()
         parent = self.ns.get(parent_inode)
-        path = join(parent.path, name_to_str(name))
-        if path in self.ns.paths:  # the kernel's lookup just said no; only we know better
+        path = self.files.check_new_name(parent, name_to_str(name))
+        existing = self.ns.paths.get(path)
+        if existing is not None and not existing.unlinked:  # the kernel's lookup said no; only we know better
             raise errors.Exists(path)
         self.markers.created(path)
         node = self.ns.create_node(path, is_dir=True)
@@ -357,7 +310,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._check_writable()
+        self.files.check_writable()
         node = await self._lookup(parent_inode, name)
         if not node.is_dir:
             raise errors.NotADirectory(node.path)
@@ -371,333 +324,82 @@ class Operations(pyfuse3.Operations):
         self.ns.remove(node)
         self.markers.emptied(parent_of(node.path))
 
-    # --- unsupported ----------------------------------------------------------------------
+    # --- not supported (docs/SEMANTICS.md lists them with these errnos) -------------------
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        raise pyfuse3.FUSEError(errno.EPERM)  # POSIX: the filesystem has no hard links
 
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        raise pyfuse3.FUSEError(errno.EPERM)  # no symbolic links in an object store
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # no fifos, sockets or device nodes
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     # --- files ----------------------------------------------------------------------------
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        h = self.files.handles[fh]
+        node = h.node
+        fi = pyfuse3.FileInfo(fh=fh)
+        # The kernel's page cache is one per inode, shared by every process: while someone
+        # writes a file (each writer has its own version) and for index.json (rewritten in
+        # place by every OCI client), reads and writes bypass it, so every read is answered
+        # from the version its process sees. Blobs never change: their cache is kept.
+        fi.direct_io = h.writable or bool(node.sessions) or is_index(node.path)
+        fi.keep_cache = node.immutable and not fi.direct_io
+        return fi
+
     @fuse_op
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        self._check_writable()
         parent = self.ns.get(parent_inode)
-        path = join(parent.path, name_to_str(name))
-        # The kernel looked the name up just before calling create: only this mount's own
-        # newer state can contradict it, so no S3 round trip here.
-        existing = self.ns.paths.get(path)
-        if existing is not None and existing.unlinked:
-            existing = None
-        if existing is not None:
-            if flags & os.O_EXCL:
-                raise errors.Exists(path)
-            if existing.is_dir:
-                raise errors.IsADirectory(path)
-            # Created by another mount since the kernel looked: open it like O_CREAT|O_TRUNC.
-            existing.lookups += 1
-            fi = await self._open(existing, flags | os.O_TRUNC, ctx)
-            return fi, self.attrs(existing, self._tgid(ctx))
-        node = self.ns.create_node(path, is_dir=False)
-        node.mode = stat.S_IFREG | stat.S_IMODE(mode)
-        node.committed = False
-        node.meta_known = True
-        if not is_index(path):  # index.json gets a per-handle session in _open
-            node.session = self._new_session(node, size=0, private=False)
-            target = ingest_target(path) if self.cfg.zero_copy else None
-            if target is not None:
-                # Zero-copy: stream straight to the blob key the rename will give it.
-                node.session.target = node.session.key = self.ns.key(target)
-        node.lookups += 1
-        self.ns.note_added(node)
-        fi = await self._open(node, flags | (os.O_TRUNC if is_index(path) else 0), ctx)
-        return fi, self.attrs(node, self._tgid(ctx))
+        owner = self.owner(ctx)
+        h = await self.files.create(parent, name_to_str(name), mode, flags, owner)
+        return self._file_info(h.fh), self.attrs(h.node, owner)
 
     @fuse_op
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self.ns.get(inode)
-        if node.is_dir:
-            raise errors.IsADirectory(node.path)
-        return await self._open(node, flags, ctx)
-
-    async def _open(self, node: Node, flags: int, ctx: pyfuse3.RequestContext | None) -> pyfuse3.FileInfo:
-        writer = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
-        if writer:
-            self._check_writable()
-        pid = self._tgid(ctx)
-        own: WriteSession | None = None
-        if writer and flags & os.O_TRUNC and is_index(node.path):
-            own = self._new_session(node, 0, private=True)
-            own.owner = pid
-            if pid is not None:
-                self._own[(node.inode, pid)] = own
-        elif writer and flags & os.O_TRUNC:
-            async with self._lock(node):
-                session = await self._session_for_write(node, True, pid)
-                session.truncate(0)
-            node.mtime = time.time()
-        elif node.session is None:
-            await self.ns.revalidate(node, need_meta=False)
-            if is_index(node.path) and node.committed and not writer:
-                # Remember what this process read: the base of its next rewrite.
-                for attempt in range(3):
-                    version, etag = node.version, node.etag
-                    try:
-                        content = await self._read_version(self.ns.key(node.path), etag, node.size)
-                        break
-                    except store.PreconditionFailed:  # replaced since our HEAD: look again
-                        if attempt == 2:
-                            raise
-                        await self.ns.revalidate(node, force=True)
-                self.publisher.record_index_read(pid, node, version, etag, content)
-        ra = ReadAhead(self.cfg.chunk_size, self.cfg.chunk_size, self._max_window)
-        handle = Handle(node, writer, self.ns.key(node.path), ra, pid)
-        handle.session = own
-        if self.cfg.verify_reads and is_blob_path(node.path) and node.session is None:
-            handle.verify = hashlib.new(node.path.rsplit("/", 2)[-2])
-        fh = self._new_fh()
-        self._handles[fh] = handle
-        node.opens += 1
-        fi = pyfuse3.FileInfo(fh=fh)
-        # index.json (rewritten in place by every OCI client), and any file opened while it is
-        # being rewritten, bypass the kernel page cache: reads then always see a whole version
-        # (the kernel would clip them to the writer's size). Other files use the page cache,
-        # dropped at open unless they are immutable blobs.
-        rewriting = node.session is not None and node.session.private
-        fi.direct_io = is_index(node.path) or rewriting
-        fi.keep_cache = node.immutable
-        return fi
-
-    def _new_session(self, node: Node, size: int, private: bool) -> WriteSession:
-        assert self.nursery is not None
-        return WriteSession(
-            self.s3,
-            self.nursery,
-            self.cfg.staging_dir,
-            self.ns.key(node.path),
-            size,
-            self.cfg.part_size,
-            max_inflight=max(2, self.cfg.concurrency // 2),
-            private=private,
-        )
-
-    async def _session_for_write(self, node: Node, truncate: bool, pid: int | None = None) -> WriteSession:
-        """The node's write session, created on first write (call with the node lock held).
-
-        Rewriting a committed file without truncating it first copies its content into the
-        staging file (append on reopen, writes at offsets).
-        """
-        if node.session is not None:
-            node.session.dirty = True
-            return node.session
-        if truncate:
-            session = self._new_session(node, 0, private=node.committed and node.size > 0)
-            session.owner = pid
-        else:
-            session = self._new_session(node, 0, private=False)
-            if node.committed and node.size > 0:
-                try:
-                    await self._load_into(node, session)
-                except BaseException:
-                    session.close()
-                    raise
-        node.session = session
-        return session
-
-    async def _load_into(self, node: Node, session: WriteSession) -> None:
-        key, etag, size = self.ns.key(node.path), node.etag, node.size
-        cs = self.cfg.chunk_size
-
-        async def one(idx: int) -> None:
-            data = await self._chunk(key, etag, size, idx)
-            session.staging.pwrite(data, idx * cs)
-
-        async with trio.open_nursery() as nursery:
-            for idx in range(-(-size // cs)):
-                nursery.start_soon(one, idx)
-        session.size = size
-
-    async def _chunk(self, key: str, etag: str, size: int, idx: int) -> bytes:
-        async def fetch(start: int, end: int) -> bytes:
-            return await self.s3.get_range(key, start, end, etag or None)
-
-        return await self.cache.get((key, etag, idx), size, fetch)
-
-    async def _read_version(self, key: str, etag: str, size: int) -> bytes:
-        cs = self.cfg.chunk_size
-        return b"".join([await self._chunk(key, etag, size, i) for i in range(-(-size // cs))])
+        h = await self.files.open(node, flags, self.owner(ctx))
+        return self._file_info(h.fh)
 
     @fuse_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        self.s3.stats["fuse.reads"] += 1
-        h = self._handles[fh]
-        node = h.node
-        session = h.session or node.session
-        if session is not None and (h.session is not None or h.writer or not session.private):
-            n = max(0, min(size, session.size - off))
-            return session.staging.pread(n, off) if n else b""
-        if h.corrupt:
-            raise errors.RemoteError(f"{h.key}: content does not match its digest")
-        try:
-            data = await self._read_committed(h, off, size)
-        except store.PreconditionFailed:
-            if is_blob_path(node.path) or h.readahead.next_offset not in (None, off):
-                raise  # mid-file: the version this handle was reading is gone
-            # Replaced by another writer before we read anything: read the new version.
-            await self.ns.revalidate(node, force=True)
-            h.etag, h.size = node.etag, node.size
-            data = await self._read_committed(h, off, size)
-        if h.verify is not None:
-            self._verify_read(h, off, data)
-        return data
-
-    def _verify_read(self, h: Handle, off: int, data: bytes) -> None:
-        """--verify-reads: hash a blob read front to back; a mismatch at EOF is EIO."""
-        assert h.verify is not None
-        pos = self._verify_pos.get(id(h), 0)
-        if off != pos:
-            h.verify = None  # not a front-to-back reader: nothing to check
-            self._verify_pos.pop(id(h), None)
-            return
-        h.verify.update(data)
-        pos += len(data)
-        self._verify_pos[id(h)] = pos
-        if pos >= h.size:
-            want = h.node.path.rsplit("/", 1)[-1]
-            got = h.verify.hexdigest()
-            h.verify = None
-            self._verify_pos.pop(id(h), None)
-            if got != want:
-                h.corrupt = True  # the kernel retries failed read-ahead: keep failing
-                log.error("blob %s read from S3 hashes to %s: corrupt object", h.key, got)
-                raise errors.RemoteError(f"{h.key}: content does not match its digest")
-
-    async def _read_committed(self, h: Handle, off: int, size: int) -> bytes:
-        end = min(off + size, h.size)
-        if off >= end:
-            return b""
-        cs = self.cfg.chunk_size
-        for idx in h.readahead.on_read(off, size, h.size):
-            ck = (h.key, h.etag, idx)
-            if not self.cache.is_present_or_pending(ck):
-                assert self.nursery is not None
-                self.nursery.start_soon(self._prefetch, h.key, h.etag, h.size, idx)
-        out = []
-        for idx in range(off // cs, (end - 1) // cs + 1):
-            data = await self._chunk(h.key, h.etag, h.size, idx)
-            base = idx * cs
-            # A memoryview slice: pyfuse3 replies from the buffer, no copy of the bytes.
-            out.append(memoryview(data)[max(off, base) - base : end - base])
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    async def _prefetch(self, key: str, etag: str, size: int, idx: int) -> None:
-        async def fetch(start: int, end: int) -> bytes:
-            return await self.s3.get_range(key, start, end, etag or None)
-
-        with trio.move_on_after(self.cfg.op_timeout):
-            await self.cache.prefetch((key, etag, idx), size, fetch)
+        self.stats["fuse.reads"] += 1
+        return await self.files.read(fh, off, size)  # type: ignore[return-value]
 
     @fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        self.s3.stats["fuse.writes"] += 1
-        h = self._handles[fh]
-        node = h.node
-        self._check_writable()
-        if h.session is not None:
-            await h.session.write(off, buf, node.meta())
-            return len(buf)
-        lock = self._lock(node)
-        session = node.session
-        if session is not None and not lock.locked():
-            # Fast path, no yield unless a part is ready to go (then under the lock).
-            if session.write_nowait(off, buf):
-                async with lock:
-                    await session.dispatch(node.meta())
-            node.mtime = time.time()
-            node.explicit_mtime = False
-            return len(buf)
-        async with lock:
-            session = await self._session_for_write(node, truncate=False)
-            await session.write(off, buf, node.meta())
-        node.mtime = time.time()
-        node.explicit_mtime = False
-        return len(buf)
+        self.stats["fuse.writes"] += 1
+        return await self.files.write(fh, off, buf)
 
     @fuse_op
     async def flush(self, fh: int) -> None:
-        h = self._handles[fh]
-        await self._commit(h.node, h.session or h.node.session, h.pid)
+        await self.files.flush(fh)
 
     @fuse_op
     async def fsync(self, fh: int, datasync: bool) -> None:
-        h = self._handles[fh]
-        await self._commit(h.node, h.session or h.node.session, h.pid, durable=True)
-
-    async def _commit(self, node: Node, session: WriteSession | None, pid: int | None = None, durable: bool = False) -> None:
-        """Publish pending writes (close, fsync): errors reach the caller."""
-        if session is None or node.unlinked or not (session.dirty and (durable or not session.sealed)):
-            return
-        async with self._lock(node):
-            if node.unlinked or not session.dirty or (session.sealed and not durable):
-                return
-            await self.publisher.commit(node, session, pid, durable)
+        await self.files.fsync(fh)
 
     @fuse_op
     async def release(self, fh: int) -> None:
-        h = self._handles.pop(fh)
-        self._verify_pos.pop(id(h), None)
-        node = h.node
-        try:
-            if h.session is not None:
-                if h.pid is not None and self._own.get((node.inode, h.pid)) is h.session:
-                    del self._own[(node.inode, h.pid)]
-                try:
-                    await self._commit(node, h.session, h.pid)
-                except (errors.OcifsError, store.StoreError) as exc:
-                    log.error("discarding unpublished rewrite of %s: %s", node.path, exc)
-                with trio.CancelScope(shield=True):
-                    await h.session.discard()
-            session = node.session
-            if node.opens <= 1 and session is not None:
-                if session.dirty and not node.unlinked:
-                    try:
-                        await self._commit(node, session, h.pid)
-                    except (errors.OcifsError, store.StoreError) as exc:
-                        log.error("discarding unpublished writes to %s: %s", node.path, exc)
-                if session.dirty and session.sealed and not node.unlinked:
-                    log.debug("%s sealed; waiting for its rename", node.path)  # zero-copy: parked
-                else:
-                    await self._drop_session(node)
-                    if not node.committed and not node.unlinked:
-                        self.ns.remove(node)  # never published: it does not exist
-        finally:
-            self.ns.release_open(node)
-
-    async def _drop_session(self, node: Node) -> None:
-        session, node.session = node.session, None
-        if session is not None:
-            with trio.CancelScope(shield=True):
-                await session.discard()
+        await self.files.release(fh)
 
     @fuse_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._check_writable()
         node = await self._lookup(parent_inode, name)
-        if node.is_dir:
-            raise errors.IsADirectory(node.path)
-        key = self.ns.key(node.path)
-        if node.committed:
-            await self.s3.delete(key)
-            self.cache.invalidate_key(key)
-        self.ns.remove(node)
-        if node.session is not None and node.opens == 0:
-            await self._drop_session(node)
-        self.markers.emptied(parent_of(node.path))
+        await self.files.unlink(node)
 
     @fuse_op
     async def rename(
@@ -709,46 +411,18 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        self._check_writable()
         if flags & ~RENAME_NOREPLACE:
-            raise errors.Unsupported("RENAME_EXCHANGE/WHITEOUT are not supported")
+            raise errors.OcifsError("RENAME_EXCHANGE/WHITEOUT are not supported", err=errno.EINVAL)
         src = await self._lookup(parent_inode_old, name_old)
         new_parent = self.ns.get(parent_inode_new)
-        new_path = join(new_parent.path, name_to_str(name_new))
-        if src.is_dir:
-            # Directory renames would copy every object below; callers fall back on EXDEV.
-            raise errors.OcifsError("directory rename is not supported", err=errno.EXDEV)
-        # The kernel looked the target up already; a name it found is in our table.
-        target = self.ns.paths.get(new_path)
-        if target is not None:
-            if flags & RENAME_NOREPLACE:
-                raise errors.Exists(new_path)
-            if target.is_dir:
-                raise errors.IsADirectory(new_path)
-            if target is src:
-                return
-        async with self._lock(src):
-            await self.publisher.move(src, new_path, self._tgid(ctx))
-        if src.session is not None and src.opens == 0 and not src.session.dirty:
-            await self._drop_session(src)
-        if target is not None and target.session is not None and target.opens == 0:
-            await self._drop_session(target)
-        old_parent = parent_of(src.path)
-        self.ns.move(src, new_path)
-        if old_parent != parent_of(new_path):
-            self.markers.emptied(old_parent)
+        await self.files.rename(src, new_parent, name_to_str(name_new), bool(flags & RENAME_NOREPLACE), self.owner(ctx))
 
     # --- lifecycle ------------------------------------------------------------------------
-    async def flush_all(self) -> None:
-        """Publish every pending write (unmount, SIGTERM)."""
-        for node in list(self.ns.nodes.values()):
-            if node.session is not None:
-                try:
-                    await self._commit(node, node.session, durable=True)
-                except (errors.OcifsError, store.StoreError) as exc:
-                    log.error("could not publish %s at unmount: %s", node.path, exc)
-                await self._drop_session(node)
-        await self.markers.settle()
+    async def shutdown(self) -> None:
+        """The FUSE loop ended: finish publishes in flight (bounded), drop unclosed writes,
+        settle directory markers."""
+        await self.files.shutdown(self.cfg.op_timeout)
+        await self.markers.settle(timeout=min(60.0, self.cfg.op_timeout))
 
     def counters(self) -> dict[str, float]:
         """Everything `ocifs stats` shows (see metrics.render for the names)."""
@@ -756,9 +430,29 @@ class Operations(pyfuse3.Operations):
         out["cache.hits"] = self.cache.hits
         out["cache.misses"] = self.cache.misses
         out["cache.bytes"] = self.cache.current_bytes
-        out["open.files"] = len(self._handles)
+        out["open.files"] = len(self.files.handles)
         out["inodes"] = len(self.ns.nodes)
-        out["uploads.active"] = sum(1 for n in self.ns.nodes.values() if n.session is not None and n.session.dirty)
-        out["readahead.window_bytes"] = max((h.readahead.window for h in self._handles.values()), default=0)
+        out["uploads.active"] = sum(1 for n in self.ns.nodes.values() for s in n.sessions.values() if s.dirty)
+        out["readahead.window_bytes"] = max((h.read.readahead.window for h in self.files.handles.values()), default=0)
         return out
+
+
+# --- processes ----------------------------------------------------------------------------
+def owner_of(pid: int) -> Owner:
+    """(thread group id, start time) of the process behind a request (FUSE reports the thread
+    id). The start time tells a reused pid apart; (pid, 0) if /proc cannot say."""
+    if not pid:
+        return (0, 0)
+    tgid = pid
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    tgid = int(line.split()[1])
+                    break
+        with open(f"/proc/{tgid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (tgid, int(fields[19]))  # field 22 of stat(5): starttime
+    except (OSError, ValueError, IndexError):
+        return (tgid, 0)
 

@@ -55,12 +55,18 @@ def basename(path: str) -> str:
     return path.rpartition("/")[2]
 
 
-def hidden_reason(name: str) -> str | None:
+# ocifs's own bookkeeping under the mounted prefix (gc marks): never shown in the mount.
+RESERVED_TOP = ".ocifs"
+
+
+def hidden_reason(name: str, top_level: bool = False) -> str | None:
     """Why an S3 key segment cannot be shown as a POSIX name (None if it can).
 
     The rule (README, "Object keys that are not POSIX names"): such keys are hidden from the
     mount and a warning is logged once per key; they are never renamed or rewritten.
     """
+    if top_level and name == RESERVED_TOP:
+        return "reserved for ocifs's own bookkeeping"
     if name == "":
         return "empty path segment (a '//' in the key)"
     if name in (".", ".."):
@@ -76,11 +82,25 @@ def hidden_reason(name: str) -> str | None:
     return None
 
 
+# S3 keys are at most 1,024 bytes of UTF-8.
+KEY_MAX = 1024
+
+
 def name_to_str(name: bytes) -> str:
     """A FUSE name (bytes) as the str used in keys; only UTF-8 names can become S3 keys."""
+    from ocifs import errors
+
+    if len(name) > NAME_MAX:
+        raise errors.NameTooLong(f"name of {len(name)} bytes (at most {NAME_MAX})")
     try:
         return name.decode("utf-8")
     except UnicodeDecodeError:
-        from ocifs.errors import InvalidName
+        raise errors.InvalidName(f"name {name!r} is not UTF-8; S3 keys must be") from None
 
-        raise InvalidName(f"name {name!r} is not UTF-8; S3 keys must be") from None
+
+def check_key(key: str) -> None:
+    """A key S3 can store (ENAMETOOLONG otherwise: the path is too long for an object key)."""
+    if len(key.encode("utf-8", "surrogateescape")) > KEY_MAX:
+        from ocifs import errors
+
+        raise errors.NameTooLong(f"the object key would be longer than {KEY_MAX} bytes")

@@ -14,14 +14,13 @@ Markers are reconciled in the background, ``delay`` seconds after the last chang
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-
 import trio
 
 from ocifs import errors, store
 from ocifs.layout import parent_of
 from ocifs.namespace import Namespace
-from ocifs.s3 import S3
+from ocifs.store import ObjectStore
+from ocifs.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +31,14 @@ RECONCILE_DELAY = 1.0
 
 
 class Markers:
-    def __init__(self, s3: S3, ns: Namespace, nursery: Callable[[], trio.Nursery], delay: float = RECONCILE_DELAY) -> None:
+    def __init__(self, s3: ObjectStore, ns: Namespace, delay: float = RECONCILE_DELAY) -> None:
         self.s3 = s3
         self.ns = ns
-        self._nursery = nursery
+        self.group: TaskGroup | None = None  # the reconciler tasks; set when the mount starts
         self.delay = delay
         self._want: dict[str, bool] = {}  # directory -> should it have a marker
         self._busy: dict[str, trio.Event] = {}  # directories being reconciled
+        self._failed: set[str] = set()
 
     # --- what happened ------------------------------------------------------------------------
     def created(self, path: str) -> None:
@@ -74,17 +74,19 @@ class Markers:
     # --- reconciling --------------------------------------------------------------------------
     def _schedule(self, path: str, present: bool) -> None:
         self._want[path] = present
-        if path not in self._busy:
+        if path not in self._busy and self.group is not None:
             self._busy[path] = trio.Event()
-            self._nursery().start_soon(self._reconcile, path)
+            self.group.start_soon(self._reconcile, path)
 
     async def _reconcile(self, path: str) -> None:
         try:
             await trio.sleep(self.delay)
             while path in self._want:
                 await self._apply(path, self._want.pop(path))
+            self._failed.discard(path)
         except (errors.OcifsError, store.StoreError) as exc:
             log.warning("could not update the directory marker of %s: %s", path, exc)
+            self._failed.add(path)
         finally:
             self._busy.pop(path).set()
 
@@ -92,7 +94,7 @@ class Markers:
         key = self.ns.dir_key(path)
         if present:
             if self.ns.children_pending(path):
-                return  # a file is being written there: it will be the directory's key
+                return  # a file is being created there: it will be the directory's key
             page = await self.s3.list_page(key, delimiter=None, max_keys=2)
             if any(o.key != key for o in page.objects) or page.prefixes:
                 return  # not empty after all
@@ -103,8 +105,12 @@ class Markers:
             await self.s3.delete(key)
             self.ns.markers.discard(path)
 
-    async def settle(self) -> None:
-        """Apply every pending change now (unmount)."""
+    async def settle(self, timeout: float) -> None:
+        """Apply every pending change now (unmount), within ``timeout`` seconds."""
         self.delay = 0
-        while self._busy:
-            await next(iter(self._busy.values())).wait()
+        with trio.move_on_after(timeout) as scope:
+            while self._busy:
+                await next(iter(self._busy.values())).wait()
+        if scope.cancelled_caught or self._failed:
+            lost = sorted(set(self._want) | self._failed)
+            log.warning("directory markers not updated at unmount: %s", ", ".join(lost) or "(in flight)")

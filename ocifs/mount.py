@@ -122,26 +122,33 @@ def run(cfg: Config, mountpoint: Path, ready_fd: int | None = None) -> None:
 async def _serve(ops: Operations, s3: S3, cfg: Config, mountpoint: Path, ready_fd: int | None) -> None:
     s3.limiter = trio.CapacityLimiter(cfg.concurrency)
     async with trio.open_nursery() as nursery:
-        ops.nursery = nursery
+        await ops.start(nursery)
         if not cfg.read_only:
-            await ops.publisher.probe_conditional_writes()
-        nursery.start_soon(_on_signals)
+            with trio.move_on_after(60):
+                await ops.publisher.probe_conditional_writes()
+        nursery.start_soon(_on_signals, ops)
         nursery.start_soon(_trim_malloc)
         nursery.start_soon(metrics.serve, stats_socket(mountpoint), ops.counters)
         if cfg.metrics_addr:
             nursery.start_soon(metrics.serve_http, cfg.metrics_addr, ops.counters)
         nursery.start_soon(_announce_ready, mountpoint, ready_fd)
-        await pyfuse3.main()
-        log.info("FUSE loop ended; publishing pending writes")
-        await ops.flush_all()
+        try:
+            await pyfuse3.main()
+        except Exception:
+            # pyfuse3 ends its loop on an exception an operation let through; fs.fuse_op lets
+            # none, so this is a bug: say so loudly, then unmount cleanly.
+            log.exception("the FUSE loop failed")
+        log.info("FUSE loop ended: finishing publishes in flight; files still open for writing are not published")
+        await ops.shutdown()
         nursery.cancel_scope.cancel()
 
 
-async def _on_signals() -> None:
+async def _on_signals(ops: Operations) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for sig in signals:
-            log.info("got %s: unmounting after pending uploads", signal.Signals(sig).name)
+            log.info("got %s: unmounting once closes in flight have published", signal.Signals(sig).name)
             _notify_systemd(b"STOPPING=1")
+            await ops.files.drain(ops.cfg.op_timeout)
             pyfuse3.terminate()
             return
 

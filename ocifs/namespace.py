@@ -6,35 +6,42 @@ s3fs, goofys and the S3 console). Attributes come from HEAD (exact: mode and mti
 metadata) or from a listing (size and LastModified only; marked ``meta_known=False`` so the
 next getattr asks HEAD once).
 
-This mount's own changes update the in-memory tree at once, so they are visible immediately;
-changes made by others show up after ``metadata_ttl`` for mutable files. Committed blobs
-(``blobs/<alg>/<hex>``) never change, so their attributes are never revalidated.
+A node's ``version`` is what S3 holds for it, as far as this mount knows: updated by this
+mount's own publishes at once, and by HEAD/LIST answers after ``metadata_ttl``. Pending writes
+are not here: they are :class:`~ocifs.session.WriteSession` objects, one per writing process.
+Blobs (``blobs/<alg>/<hex>``) never change, so their attributes are never refetched; whether
+they still *exist* is checked after ``metadata_ttl`` like anything else (another host's
+``ocifs gc`` may delete them, and a client that stats a blob before pushing must hear so).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import stat
 import time
+from typing import TYPE_CHECKING
 
+import cachetools
 import trio
 
 from ocifs import errors, store
 from ocifs.config import Config
+from ocifs.content import Version
 from ocifs.layout import basename, hidden_reason, is_blob_path, join, parent_of
-from ocifs.s3 import S3
-from ocifs.store import ObjectInfo
-from ocifs.upload import WriteSession
+from ocifs.store import ObjectInfo, ObjectStore
+
+if TYPE_CHECKING:
+    from ocifs.session import WriteSession
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-DEFAULT_FILE_MODE = stat.S_IFREG | 0o644
-DEFAULT_DIR_MODE = stat.S_IFDIR | 0o755
-BLOB_MODE = stat.S_IFREG | 0o444
 # Names that are files in every OCI image layout.
 LAYOUT_FILES = frozenset({"index.json", "oci-layout"})
+# Directory listings kept (for metadata_ttl), bounded by their total number of entries.
+MAX_LISTED_ENTRIES = 200_000
+
+Entry = ObjectInfo | None  # a listing entry: an object, or None for a directory
 
 
 class Node:
@@ -44,65 +51,74 @@ class Node:
         "inode",
         "path",
         "is_dir",
-        "size",
+        "version",
         "mtime",
         "mode",
-        "etag",
         "meta_known",
         "fetched",
         "lookups",
         "opens",
-        "session",
-        "committed",
+        "sessions",
         "unlinked",
         "explicit_mtime",
         "sha256",
-        "index_base",
-        "version",
         "local_dir",
+        "_lock",
     )
 
-    def __init__(self, inode: int, path: str, is_dir: bool) -> None:
+    def __init__(self, inode: int, path: str, is_dir: bool, mode: int) -> None:
         self.inode = inode
         self.path = path
         self.is_dir = is_dir
-        self.size = 0
+        # The committed object: where its content lives (normally the path's key; a zero-copy
+        # ingest file's content lives at its blob key), ETag and size. None: nothing committed.
+        self.version: Version | None = None
         self.mtime = time.time()
-        self.mode = DEFAULT_DIR_MODE if is_dir else BLOB_MODE if is_blob_path(path) else DEFAULT_FILE_MODE
-        self.etag = ""  # of the committed object ("" when nothing is committed)
+        self.mode = mode
         self.meta_known = True
         self.fetched = time.monotonic()
         self.lookups = 0
         self.opens = 0
-        self.session: WriteSession | None = None
-        self.committed = False  # an object exists at the node's key
+        # Pending versions, by writing process (index.json: by open file), see ocifs.session.
+        self.sessions: dict[object, WriteSession] = {}
         self.unlinked = False
         self.explicit_mtime = False  # mtime was set by utimens: store it as metadata
         self.sha256: str | None = None  # of the committed content, when this mount wrote it
-        # index.json only: (etag, bytes) of the version this mount last read or published.
-        self.index_base: tuple[str, bytes] | None = None
-        self.version = 0  # bumped whenever the committed content changes
         self.local_dir = False  # made by this mount's mkdir: listed even before S3 knows it
+        self._lock: trio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<Node {self.inode} {self.path!r} {self.version}>"
+
+    @property
+    def lock(self) -> trio.Lock:
+        """Serializes what changes the node's committed object: publish, rename, unlink."""
+        if self._lock is None:
+            self._lock = trio.Lock()
+        return self._lock
+
+    @property
+    def committed(self) -> bool:
+        return self.version is not None
+
+    @property
+    def size(self) -> int:
+        """Size of the committed version (what processes without a session see)."""
+        return self.version.size if self.version is not None else 0
 
     @property
     def immutable(self) -> bool:
-        return self.committed and self.session is None and is_blob_path(self.path)
+        return self.version is not None and not self.sessions and is_blob_path(self.path)
 
-    def apply(self, info: ObjectInfo) -> None:
-        """Take attributes from S3 (only for a node with no local write in progress)."""
-        if info.etag != self.etag:
+    def apply(self, key: str, info: ObjectInfo, default_mode: int) -> None:
+        """Take what S3 says about the object at ``key`` (this node's own key)."""
+        if self.version is None or info.etag != self.version.etag or self.version.key != key:
             self.meta_known = False
             self.sha256 = None
-            self.version += 1
-        self.size = info.size
-        self.etag = info.etag
-        self.committed = True
+        self.version = Version(key, info.etag, info.size)
         if info.meta_known:
             self.mtime = info.mtime
-            if info.mode is not None:
-                self.mode = stat.S_IFREG | stat.S_IMODE(info.mode)
-            else:
-                self.mode = BLOB_MODE if is_blob_path(self.path) else DEFAULT_FILE_MODE
+            self.mode = stat.S_IFREG | stat.S_IMODE(info.mode if info.mode is not None else default_mode)
             self.meta_known = True
             self.explicit_mtime = False
         elif not self.meta_known:
@@ -115,8 +131,8 @@ class Node:
     def meta_for(self, path: str) -> dict[str, str]:
         """User metadata stored with the object at ``path`` (s3fs-compatible names).
 
-        Blobs carry none: they are immutable, shown as 0444, and their upload may begin before
-        the client's chmod (metadata could then only be fixed by copying the object).
+        Blobs carry none: they are immutable, and their upload may begin before the client's
+        chmod (metadata could then only be fixed by copying the object).
         """
         if is_blob_path(path):
             return {}
@@ -129,24 +145,28 @@ class Node:
 class _Listing:
     __slots__ = ("fetched", "started", "entries")
 
-    def __init__(self, entries: dict[str, ObjectInfo | None], started: float) -> None:
+    def __init__(self, entries: dict[str, Entry], started: float) -> None:
         self.fetched = time.monotonic()
         self.started = started  # when the LIST began: what it says is at least this old
         self.entries = entries  # name -> ObjectInfo (file) or None (directory)
 
 
 class Namespace:
-    def __init__(self, cfg: Config, s3: S3) -> None:
+    def __init__(self, cfg: Config, s3: ObjectStore) -> None:
         self.cfg = cfg
         self.s3 = s3
+        self.file_mode = stat.S_IFREG | cfg.file_mode
+        self.dir_mode = stat.S_IFDIR | cfg.dir_mode
         self.nodes: dict[int, Node] = {}
         self.paths: dict[str, Node] = {}
-        self._listings: dict[str, _Listing] = {}
+        self._listings: cachetools.LRUCache[str, _Listing] = cachetools.LRUCache(
+            MAX_LISTED_ENTRIES, getsizeof=lambda listing: len(listing.entries) + 1
+        )
         self._next_inode = ROOT_INODE + 1
-        self._warned: set[str] = set()
+        self._warned: cachetools.LRUCache[str, bool] = cachetools.LRUCache(10_000)
         # Directories whose marker object ("dir/") this mount knows to exist.
         self.markers: set[str] = set()
-        root = Node(ROOT_INODE, "", True)
+        root = Node(ROOT_INODE, "", True, self.dir_mode)
         root.lookups = 1
         self.nodes[ROOT_INODE] = root
         self.paths[""] = root
@@ -166,13 +186,13 @@ class Namespace:
             raise errors.NotFound(f"inode {inode} is not known") from None
 
     def _new_node(self, path: str, is_dir: bool) -> Node:
-        node = Node(self._next_inode, path, is_dir)
+        node = Node(self._next_inode, path, is_dir, self.dir_mode if is_dir else self.file_mode)
         self._next_inode += 1
         self.nodes[node.inode] = node
         self.paths[path] = node
         return node
 
-    def _node_for(self, path: str, info: ObjectInfo | None, started: float | None = None) -> Node:
+    def node_for(self, path: str, info: Entry, started: float | None = None) -> Node:
         """The node for ``path`` (info None = directory), created or refreshed.
 
         ``started`` is when the S3 request that produced ``info`` began: an answer older than
@@ -182,29 +202,36 @@ class Namespace:
         is_dir = info is None
         node = self.paths.get(path)
         if node is not None and node.is_dir != is_dir:
+            if node.sessions:
+                return node  # this mount is writing a file there: ours is newer
             self._detach(node)
             node = None
         if node is None:
             node = self._new_node(path, is_dir)
             if info is not None:
                 node.meta_known = False
-                node.apply(info)
+                node.apply(self.key(path), info, self.file_mode)
             return node
         if started is not None and node.fetched > started:
             return node
-        if info is not None and node.session is None:
-            node.apply(info)
+        if info is not None and not self._is_alias(node):
+            node.apply(self.key(path), info, self.file_mode)
         node.fetched = time.monotonic()
         return node
+
+    def _is_alias(self, node: Node) -> bool:
+        """A file whose content lives at another key (a published zero-copy ingest file)."""
+        return node.version is not None and node.version.key != self.key(node.path)
 
     def _detach(self, node: Node) -> None:
         if self.paths.get(node.path) is node:
             del self.paths[node.path]
         node.unlinked = True
-        self._maybe_drop(node)
+        self.maybe_drop(node)
 
-    def _maybe_drop(self, node: Node) -> None:
-        if node.inode != ROOT_INODE and node.lookups <= 0 and node.opens <= 0 and node.session is None:
+    def maybe_drop(self, node: Node) -> None:
+        """Forget a node nobody refers to any more (the kernel, an open file, a writer)."""
+        if node.inode != ROOT_INODE and node.lookups <= 0 and node.opens <= 0 and not node.sessions:
             self.nodes.pop(node.inode, None)
             if self.paths.get(node.path) is node:
                 del self.paths[node.path]
@@ -214,15 +241,15 @@ class Namespace:
         if node is None:
             return
         node.lookups -= count
-        self._maybe_drop(node)
+        self.maybe_drop(node)
 
     def release_open(self, node: Node) -> None:
         node.opens -= 1
-        self._maybe_drop(node)
+        self.maybe_drop(node)
 
     # --- freshness --------------------------------------------------------------------------
     def is_fresh(self, node: Node) -> bool:
-        if node.is_dir or node.session is not None or node.immutable or not node.committed:
+        if node.is_dir or not node.committed or self._is_alias(node):
             return True
         return time.monotonic() - node.fetched < self.cfg.metadata_ttl
 
@@ -238,30 +265,30 @@ class Namespace:
             raise errors.NotADirectory(parent.path)
         path = join(parent.path, name)
         node = self.paths.get(path)
-        if node is not None and self.is_fresh(node):
+        if node is not None and (node.sessions or self.is_fresh(node)):
             return node
         listing = self._listing(parent.path)
         if listing is not None:
             if name not in listing.entries:
                 raise errors.NotFound(path)
-            return self._node_for(path, listing.entries[name], listing.started)
+            return self.node_for(path, listing.entries[name], listing.started)
         if is_blob_path(path) or name in LAYOUT_FILES:
             # Files in any OCI layout: one HEAD answers (with mode and mtime), no LIST. A
             # missing index.json is looked for as a directory too, to be exact.
             started = time.monotonic()
             try:
-                return self._node_for(path, await self.s3.head(self.key(path)), started)
+                return self.node_for(path, await self.s3.head(self.key(path)), started)
             except store.NotFound:
                 page = None if is_blob_path(path) else await self.s3.list_page(self.dir_key(path), delimiter=None, max_keys=1)
                 if page is not None and (page.objects or page.prefixes):
-                    return self._node_for(path, None)
+                    return self.node_for(path, None)
                 self._forget_missing(path)
                 raise errors.NotFound(path) from None
         return await self._probe(path)
 
     def _forget_missing(self, path: str) -> None:
         old = self.paths.get(path)
-        if old is not None and old.session is None:
+        if old is not None and not old.sessions and not self._is_alias(old) and not old.local_dir:
             self._detach(old)
 
     async def _probe(self, path: str) -> Node:
@@ -289,16 +316,19 @@ class Namespace:
         if is_dir:  # a key that is both object and prefix shows as the directory
             if head is not None:
                 self._warn_once(self.key(path), "is both an object and a prefix; the object is hidden")
-            return self._node_for(path, None)
+            return self.node_for(path, None)
         if head is not None:
-            return self._node_for(path, head, started)
+            return self.node_for(path, head, started)
+        old = self.paths.get(path)
+        if old is not None and old.local_dir:
+            return old  # made by this mount's mkdir; its marker is on its way
         self._forget_missing(path)
         raise errors.NotFound(path)
 
     async def revalidate(self, node: Node, force: bool = False, need_meta: bool = True) -> None:
         """Refresh a file's attributes from S3 if they are older than the TTL, or (with
         ``need_meta``) lack mode and mtime because they came from a listing."""
-        if node.is_dir or node.session is not None or node.unlinked or not node.committed:
+        if node.is_dir or node.unlinked or not node.committed or self._is_alias(node):
             return
         if self.is_fresh(node) and (node.meta_known or not need_meta) and not force:
             return
@@ -309,37 +339,40 @@ class Namespace:
             if node.fetched > started:  # this mount published it meanwhile
                 return
             # Deleted (or turned into a prefix) by someone else.
-            self._detach(node)
+            node.version = None
+            if not node.sessions:
+                self._detach(node)
             raise errors.NotFound(node.path) from None
-        if node.fetched > started or node.session is not None:
+        if node.fetched > started:
             return  # this mount changed it while the HEAD was in flight: ours is newer
-        node.apply(info)
+        node.apply(self.key(node.path), info, self.file_mode)
 
-    async def list_dir(self, node: Node) -> list[tuple[str, Node]]:
-        """All entries of a directory (every page), merged with this mount's pending files."""
+    # --- listings ---------------------------------------------------------------------------
+    async def list_dir(self, node: Node) -> tuple[list[tuple[str, Node | Entry]], float]:
+        """All entries of a directory (every page), merged with this mount's own files that S3
+        does not show (yet): files being created, aliases, directories it made. Returns the
+        entries and when the listing began (for :meth:`node_for`)."""
         listing = self._listing(node.path)
         if listing is None:
             listing = await self._fetch_listing(node.path)
-        out: dict[str, Node] = {}
-        for name, info in listing.entries.items():
-            out[name] = self._node_for(join(node.path, name), info, listing.started)
-        # Files this mount is writing, and directories it made, that S3 may not show yet.
+        out: dict[str, Node | Entry] = dict(listing.entries)
         for path, child in list(self.paths.items()):
-            if (child.session is not None or child.local_dir) and parent_of(path) == node.path and path:
-                out.setdefault(basename(path), child)
-        return sorted(out.items())
+            if path and parent_of(path) == node.path:
+                if child.sessions or child.local_dir or self._is_alias(child) or not child.committed:
+                    out.setdefault(basename(path), child)
+        return sorted(out.items()), listing.started
 
     async def _fetch_listing(self, path: str) -> _Listing:
         started = time.monotonic()
         prefix = self.dir_key(path)
-        entries: dict[str, ObjectInfo | None] = {}
+        entries: dict[str, Entry] = {}
         files: dict[str, ObjectInfo] = {}
         token: str | None = None
         while True:
             page = await self.s3.list_page(prefix, token)
             for p in page.prefixes:
                 name = p[len(prefix) :].removesuffix("/")
-                if self._visible(p, name):
+                if self._visible(p, name, path):
                     entries[name] = None
             for obj in page.objects:
                 if obj.key == prefix:  # this directory's own marker
@@ -347,7 +380,7 @@ class Namespace:
                         self.markers.add(path)
                     continue
                 name = obj.key[len(prefix) :]
-                if self._visible(obj.key, name):
+                if self._visible(obj.key, name, path):
                     files[name] = obj
             token = page.next_token
             if token is None:
@@ -358,11 +391,14 @@ class Namespace:
             else:
                 entries[name] = obj
         listing = _Listing(entries, started)
-        self._listings[path] = listing
+        try:
+            self._listings[path] = listing
+        except ValueError:  # bigger than the whole budget: used once, not kept
+            pass
         return listing
 
-    def _visible(self, key: str, name: str) -> bool:
-        reason = hidden_reason(name)
+    def _visible(self, key: str, name: str, parent: str) -> bool:
+        reason = hidden_reason(name, top_level=not parent)
         if reason is None:
             return True
         self._warn_once(key, f"is hidden: {reason}")
@@ -370,7 +406,7 @@ class Namespace:
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
-            self._warned.add(key)
+            self._warned[key] = True
             log.warning("object key %r %s", key, message)
 
     # --- local changes ----------------------------------------------------------------------
@@ -381,14 +417,18 @@ class Namespace:
             name = basename(node.path)
             if node.is_dir:
                 listing.entries[name] = None
-            elif node.committed:
-                listing.entries[name] = ObjectInfo(self.key(node.path), node.size, node.mtime, node.etag)
+            elif node.version is not None and not self._is_alias(node):
+                v = node.version
+                listing.entries[name] = ObjectInfo(v.key, v.size, node.mtime, v.etag)
             else:
-                listing.entries.pop(name, None)  # shown from the pending session instead
+                listing.entries.pop(name, None)  # shown from the node itself instead
 
     def note_empty_dir(self, path: str) -> None:
         """A directory this mount just created: its (empty) listing is known."""
-        self._listings[path] = _Listing({}, time.monotonic())
+        try:
+            self._listings[path] = _Listing({}, time.monotonic())
+        except ValueError:
+            pass
 
     def note_removed(self, path: str) -> None:
         listing = self._listings.get(parent_of(path))
@@ -420,12 +460,8 @@ class Namespace:
         self._detach(node)
 
     def children_pending(self, path: str) -> bool:
-        """Whether this mount has uncommitted files directly inside ``path``."""
+        """Whether this mount has files directly inside ``path`` that S3 does not show yet."""
         return any(
-            c.session is not None and not c.unlinked and parent_of(p) == path and p
+            (c.sessions and not c.committed or self._is_alias(c)) and not c.unlinked and p and parent_of(p) == path
             for p, c in self.paths.items()
         )
-
-
-def uid_gid() -> tuple[int, int]:
-    return os.getuid(), os.getgid()

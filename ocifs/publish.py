@@ -3,77 +3,121 @@
 Three things a generic S3 filesystem does not do:
 
 * **Zero-copy blob commit.** oras writes ``ingest/<hex>_N`` and renames it to
-  ``blobs/<alg>/<hex>``. The final key is known from the first byte, so the upload streams to it
-  directly; close only *seals* it (parts done, nothing visible), and the rename completes the
-  multipart upload (or PUTs a small blob): no CopyObject, no second upload. An unlink or a
-  rename elsewhere aborts it; nothing is ever visible under the blob key before the rename.
+  ``blobs/<alg>/<hex>``. The final key is known from the first byte, so the upload streams to
+  the blob key directly, and close publishes it there once the content hashes to ``<hex>``;
+  the rename then only moves the name (no CopyObject, no second upload). A blob published
+  early is harmless: it is exactly the blob its name says.
 * **Verified blobs.** Whatever is published under ``blobs/<alg>/<hex>`` must hash to ``<hex>``
   (hashed while streaming); otherwise the close/fsync/rename fails with ``EBADMSG`` and nothing
   is published.
 * **No lost tags.** ``index.json`` is published with a conditional PUT (If-Match the version the
   writing process last read, If-None-Match for a new one); on a conflict the ``manifests`` are
-  three-way merged (:mod:`ocifs.indexmerge`) and the PUT retried.
+  three-way merged (:mod:`ocifs.indexmerge`) and the PUT retried, with backoff, until a
+  deadline.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import cachetools
 import trio
 
 from ocifs import errors, store
-from ocifs.cache import ChunkCache
 from ocifs.config import Config
+from ocifs.content import Version
 from ocifs.indexmerge import NotAnIndex, merge
-from ocifs.layout import blob_digest, is_index
+from ocifs.layout import blob_digest, ingest_target, is_index
 from ocifs.namespace import Namespace, Node
-from ocifs.s3 import S3
-from ocifs.upload import WriteSession
+from ocifs.reader import Reader
+from ocifs.session import Owner, WriteSession
+from ocifs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-MAX_INDEX_RETRIES = 16
 # S3 takes at most 5 GiB in one CopyObject; bigger objects are copied part by part.
 MAX_SINGLE_COPY = 5 * 1024 * 1024 * 1024
 COPY_PART = 512 * 1024 * 1024
-
-Base = tuple[str, bytes]  # (etag, content) of an index.json version
-# An If-Match value no object has: forces a merge on the next publish (see _publish_index).
+# index.json publishes that lose the race back off: first wait, longest wait (seconds).
+INDEX_BACKOFF = (0.01, 1.0)
+# Bytes of index.json versions remembered as merge bases (per process and per key).
+INDEX_BASES_BYTES = 64 * 1024 * 1024
+# An If-Match value no object has: forces a merge on the next publish (see IndexBases).
 MERGE_REQUIRED = '"ocifs-merge-required"'
+
+
+class IndexBases:
+    """What each process last saw of each ``index.json``: the base of its next rewrite.
+
+    oras, skopeo and umoci read index.json once, then rewrite it (several times) from memory.
+    Bases are kept per *process* (tgid + start time, so a reused pid starts fresh) and per key
+    (not per in-memory node, which a rename or a kernel forget recreates), bounded in bytes.
+    Every record carries a sequence number: taken when a read *began* (it returns that version
+    or a newer one), or when a publish *completed*. A slow read that began before a publish
+    completed never replaces what the publish recorded.
+    """
+
+    def __init__(self, max_bytes: int = INDEX_BASES_BYTES) -> None:
+        self._seq = 0
+        size = lambda rec: len(rec[2]) + 256  # noqa: E731
+        self._by_owner: cachetools.LRUCache[tuple[Owner, str], tuple[int, str, bytes]] = cachetools.LRUCache(max_bytes, getsizeof=size)
+        self._by_key: cachetools.LRUCache[str, tuple[int, str, bytes]] = cachetools.LRUCache(max_bytes // 4, getsizeof=size)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _put(self, cache: cachetools.LRUCache, k: object, rec: tuple[int, str, bytes]) -> None:
+        old = cache.get(k)
+        if old is None or old[0] <= rec[0]:
+            try:
+                cache[k] = rec
+            except ValueError:  # one index.json bigger than the whole budget: not kept
+                cache.pop(k, None)
+
+    def saw(self, owner: Owner | None, key: str, seq: int, etag: str, content: bytes) -> None:
+        """``owner`` read (or wrote) ``content`` at ``etag``; ``seq`` from before the read."""
+        self._put(self._by_key, key, (seq, etag, content))
+        if owner is not None:
+            self._put(self._by_owner, (owner, key), (seq, etag, content))
+
+    def base_for(self, owner: Owner | None, key: str) -> tuple[str, bytes] | None:
+        rec = self._by_owner.get((owner, key)) if owner is not None else None
+        if rec is None:
+            rec = self._by_key.get(key)
+        return (rec[1], rec[2]) if rec is not None else None
 
 
 class Publisher:
     def __init__(
-        self, cfg: Config, s3: S3, ns: Namespace, cache: ChunkCache, on_published: Callable[[str], None] = lambda p: None
+        self, cfg: Config, s3: ObjectStore, ns: Namespace, reader: Reader, on_published: Callable[[str], None] = lambda p: None
     ) -> None:
         self.cfg = cfg
-        self.on_published = on_published  # a new key exists at this path (directory markers)
         self.s3 = s3
         self.ns = ns
-        self.cache = cache
+        self.reader = reader
+        self.on_published = on_published  # a new key exists at this path (directory markers)
+        self.index = IndexBases()
         self.conditional_writes = True
         self.writes_denied = False  # the startup probe was refused: read-only credentials
-        # (process id, key) -> (node version, etag, content): the index.json as that process
-        # last saw it (read, or wrote itself): the base of its next rewrite. oras reads
-        # index.json once, then rewrites it several times from memory.
-        self._index_reads: cachetools.LRUCache[tuple[int, str], tuple[int, str, bytes]] = cachetools.LRUCache(4096)
 
     # --- startup ------------------------------------------------------------------------------
     async def probe_conditional_writes(self) -> bool:
-        """Does the endpoint honour If-None-Match on PUT? (Without it: last writer wins.)"""
+        """Does the endpoint honour If-None-Match *and* If-Match on PUT? Without them
+        concurrent index.json rewrites fall back to last-writer-wins (said loudly)."""
         key = f"{self.cfg.prefix}.ocifs-probe-{uuid.uuid4().hex}"
         try:
-            await self.s3.put(key, b"", {}, if_none_match=True)
-            try:
-                await self.s3.put(key, b"", {}, if_none_match=True)
-                ok = False
-            except store.PreconditionFailed:
-                ok = True
+            etag = await self.s3.put(key, b"probe", {}, if_none_match=True)
+            none_match = await _refused(self.s3.put(key, b"probe", {}, if_none_match=True))
+            if_match = await _refused(self.s3.put(key, b"probe", {}, if_match='"0000000000000000"'))
+            if if_match:  # a right ETag must still be accepted
+                await self.s3.put(key, b"probe", {}, if_match=etag)
+            ok = none_match and if_match
         except store.Unsupported:
             ok = False
         except store.Denied as exc:
@@ -83,108 +127,134 @@ class Publisher:
             log.warning("these credentials cannot write to the bucket (%s): writes will fail with EACCES; mount with --read-only to make that explicit", exc)
             return True
         except store.StoreError as exc:
-            # Credentials that cannot write (a read-only deploy host without --read-only) or a
-            # flaky endpoint must not stop the mount: assume support, say why.
             log.warning("could not probe conditional writes (%s); assuming the endpoint honours them", exc)
             return True
         finally:
-            try:
-                await self.s3.delete(key)
-            except store.StoreError:
-                pass
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                try:
+                    await self.s3.delete(key)
+                except store.StoreError:
+                    pass
         self.conditional_writes = ok
         if not ok:
             log.warning(
-                "this endpoint ignores conditional writes (If-None-Match): concurrent rewrites of "
-                "index.json fall back to last-writer-wins"
+                "this endpoint ignores conditional writes (If-None-Match / If-Match on PUT): "
+                "concurrent rewrites of index.json fall back to last-writer-wins"
             )
         return ok
 
-    # --- commit (close, fsync, unmount) -------------------------------------------------------
-    async def commit(self, node: Node, session: WriteSession, pid: int | None = None, durable: bool = False) -> None:
-        key = self.ns.key(node.path)
-        if session.target is not None and session.target != key and not durable:
-            await session.seal()  # zero-copy: the rename to the blob name publishes
-            return
-        session.key = key
+    # --- where a session's content goes ---------------------------------------------------------
+    def stream_target(self, node: Node) -> tuple[str, dict[str, str]] | None:
+        """Key and metadata a session of ``node`` streams its upload to while written (None:
+        it does not stream: index.json is published whole, with a conditional PUT)."""
         if is_index(node.path):
-            await self._publish_index(node, session, pid)
-            return
-        expect = blob_digest(node.path)
-        etag, size, mtime = await session.commit(node.meta(), expect=expect, fix_meta=expect is None)
-        await self._committed(node, session, etag, size, mtime)
+            return None
+        target = ingest_target(node.path) if self.cfg.zero_copy else None
+        if target is not None:
+            return self.ns.key(target), {}
+        return self.ns.key(node.path), node.meta()
 
-    async def _committed(self, node: Node, session: WriteSession, etag: str, size: int, mtime: float | None) -> None:
-        key = self.ns.key(node.path)
-        if etag != node.etag:
-            node.version += 1
-        node.etag, node.size, node.committed = etag, size, True
-        node.explicit_mtime = False
-        node.sha256 = session.sha256_if_cheap
-        session.private = False
-        node.mtime = (await self.s3.head(key)).mtime if mtime is None else mtime
+    async def commit(self, node: Node, session: WriteSession) -> None:
+        """Publish ``session`` as the new committed version of ``node`` (node lock held)."""
+        if node.unlinked:
+            return  # POSIX: the bytes of an unlinked file go nowhere
+        content = session.content
+        fetch = session.upload.fetch
+        path = node.path
+        if is_index(path):
+            body = await content.read(0, content.size, fetch)
+            etag, merged = await self.publish_index_bytes(self.ns.key(path), bytes(body), session.owner)
+            if merged != body:  # the writer now sees what it published: the merge
+                await session.upload.abort()
+                content.truncate(0)
+                await content.write(0, merged, fetch)
+            version = Version(self.ns.key(path), etag, len(merged))
+            self.reader.put_whole(version, merged)
+        else:
+            version = await self._publish_file(node, session)
+        node.version = version
+        node.sha256 = content.sha256
         node.meta_known = True
+        node.explicit_mtime = False
         node.fetched = time.monotonic()
+        content.rebase(version)
+        session.upload.rebased()
         self.ns.note_added(node)
-        self.on_published(node.path)
-        if size <= self.cache.chunk_size:
-            # Readers right after a write (oras re-reads manifests) hit memory.
-            self.cache.put((key, etag, 0), session.staging.pread(size, 0))
-        log.debug("published %s (%d bytes)", key, size)
+        self.on_published(path)
+        log.debug("published %s as %s (%d bytes)", path, version.key, version.size)
+
+    async def _publish_file(self, node: Node, session: WriteSession) -> Version:
+        content, upload = session.content, session.upload
+        key = self.ns.key(node.path)
+        target = ingest_target(node.path) if self.cfg.zero_copy else None
+        if target is not None:
+            alg, want = blob_digest(target) or ("", "")
+            if await content.digest(alg, upload.fetch) == want:
+                tkey = self.ns.key(target)
+                return Version(tkey, await upload.finish(tkey, {}, fix_meta=False), content.size)
+            log.info("%s does not hash to its blob name; publishing it under its own name", node.path)
+        expect = blob_digest(node.path)
+        if expect is not None:
+            got = await content.digest(expect[0], upload.fetch)
+            if got != expect[1]:
+                raise errors.DigestMismatch(f"refusing to publish {key}: content hashes to {expect[0]}:{got}")
+        meta = node.meta()
+        etag = await upload.finish(key, meta, fix_meta=expect is None)
+        if content.size <= self.cfg.chunk_size and not content.needs_base(0, content.size):
+            self.reader.put_whole(Version(key, etag, content.size), content.pread_local(0, content.size))
+        return Version(key, etag, content.size)
 
     # --- index.json ---------------------------------------------------------------------------
-    def record_index_read(self, pid: int | None, node: Node, version: int, etag: str, content: bytes) -> None:
-        if version == node.version:
-            node.index_base = (etag, content)
-        if pid is not None:
-            k = (pid, self.ns.key(node.path))
-            old = self._index_reads.get(k)
-            if old is None or old[0] <= version:  # a slow read never rolls the base back
-                self._index_reads[k] = (version, etag, content)
+    async def read_index(self, node: Node, owner: Owner | None) -> None:
+        """A process opened index.json to read it: remember what it read (its next base)."""
+        for attempt in range(3):
+            v = node.version
+            if v is None:
+                return
+            seq = self.index.next_seq()
+            try:
+                content = await self.reader.whole(v)
+            except store.PreconditionFailed:  # replaced since our HEAD: look again
+                if attempt == 2:
+                    raise
+                await self.ns.revalidate(node, force=True)
+                continue
+            self.index.saw(owner, v.key, seq, v.etag, content)
+            return
 
-    def _base_for(self, node: Node, pid: int | None) -> Base | None:
-        if pid is not None:
-            seen = self._index_reads.get((pid, self.ns.key(node.path)))
-            if seen is not None:
-                return seen[1], seen[2]
-        return node.index_base if node.committed else None
-
-    async def _publish_index(self, node: Node, session: WriteSession, pid: int | None) -> None:
-        ours = session.staging.pread(session.size, 0)
-        etag, body = await self.publish_index_bytes(node, ours, pid)
-        node.version += 1
-        if pid is not None:
-            # The writer's view is now what it wrote. If that was merged with others' changes,
-            # its next rewrite (from the same in-memory state) must merge again.
-            self._index_reads[(pid, self.ns.key(node.path))] = (node.version, etag if body == ours else MERGE_REQUIRED, ours)
-        if body != ours:
-            session.staging.truncate(0)
-            session.staging.pwrite(body, 0)
-            session.size = len(body)
-        await session.mark_published()
-        node.index_base = (etag, body)
-        await self._committed(node, session, etag, len(body), time.time())
-
-    async def publish_index_bytes(self, node: Node, ours: bytes, pid: int | None) -> tuple[str, bytes]:
-        """PUT ``ours`` as the node's index.json, merging with concurrent writers."""
-        key = self.ns.key(node.path)
-        base = self._base_for(node, pid)
-        meta = node.meta()
-        meta["mtime"] = f"{time.time():.6f}"
+    async def publish_index_bytes(self, key: str, ours: bytes, owner: Owner | None) -> tuple[str, bytes]:
+        """PUT ``ours`` as ``key``, merging with concurrent writers; returns (etag, body)."""
+        meta = {"mtime": f"{time.time():.6f}"}
         if not self.conditional_writes:
             return await self.s3.put(key, ours, meta), ours
-        expected: str | None = base[0] if base else (node.etag if node.committed else None)
+        base = self.index.base_for(owner, key)
+        expected: str | None = base[0] if base else None
         body = ours
-        for _ in range(MAX_INDEX_RETRIES):
+        deadline = trio.current_time() + max(1.0, self.cfg.op_timeout / 2)
+        wait = INDEX_BACKOFF[0]
+        merges = 0
+        while True:
             try:
                 if expected:
                     etag = await self.s3.put(key, body, meta, if_match=expected)
                 else:
                     etag = await self.s3.put(key, body, meta, if_none_match=True)
+                # Newer than any read that began before this point (see IndexBases).
+                seq = self.index.next_seq()
+                # The writer's view is now what it wrote. If that was merged with others'
+                # changes, its next rewrite (from the same in-memory state) must merge again.
+                self.index.saw(owner, key, seq, etag if body == ours else MERGE_REQUIRED, ours)
+                if owner is not None:
+                    self.index.saw(None, key, seq, etag, body)
                 return etag, body
             except (store.PreconditionFailed, store.NotFound):
                 pass
             self.s3.stats["index.merges"] += 1
+            merges += 1
+            if trio.current_time() > deadline:
+                raise errors.OcifsError(f"{key}: still changing after {merges} merges; not published")
+            await trio.sleep(random.uniform(0, wait))  # jitter: the losers do not collide again
+            wait = min(wait * 2, INDEX_BACKOFF[1])
             try:
                 theirs_etag, theirs = await self.s3.get(key)
             except store.NotFound:
@@ -198,108 +268,57 @@ class Publisher:
                 log.warning("%s: %s", key, c)
             log.info("%s changed since it was read; merged this write into the current version", key)
             expected = theirs_etag
-        raise errors.RemoteError(f"{key}: still changing after {MAX_INDEX_RETRIES} merges; not published")
 
     # --- rename -------------------------------------------------------------------------------
-    async def move(self, src: Node, new_path: str, pid: int | None) -> None:
-        """Make ``src``'s content live at ``new_path``; the caller updates the namespace."""
+    async def move(self, src: Node, new_path: str, owner: Owner | None) -> None:
+        """Make ``src``'s committed content live at ``new_path`` (node locks held); pending
+        write sessions follow the node and publish at its new name when they close."""
+        v = src.version
+        if v is None:
+            return  # nothing committed yet: the rename is the namespace's alone
         old_key, new_key = self.ns.key(src.path), self.ns.key(new_path)
-        session = src.session
-        expect = blob_digest(new_path)
         if is_index(new_path):
-            await self._move_onto_index(src, new_path, pid)
-            return
-        if session is not None and session.dirty:
-            if session.target == new_key or not session.streaming:
-                # Zero-copy commit (or nothing sent yet): publish straight at the new key.
-                had_object = src.committed
-                session.key = new_key
-                etag, size, mtime = await session.commit(src.meta_for(new_path), expect=expect, fix_meta=expect is None)
-                if had_object:
-                    await self.s3.delete(old_key)
-                    self.cache.invalidate_key(old_key)
-                src_path = src.path
-                src.path = new_path  # _committed works on the new name
-                try:
-                    await self._committed(src, session, etag, size, mtime)
-                finally:
-                    src.path = src_path
-                return
-            # A multipart upload to the old key is under way: finish it, then copy it.
-            await self.commit(src, session, pid, durable=True)
-        if not src.committed:
-            return
-        if expect is not None:
-            await self._verify_object(src, old_key, expect)
-        src.etag = await self.server_copy(old_key, new_key, src.size, src.meta_for(new_path))
-        self.on_published(new_path)
-        await self.s3.delete(old_key)
-        self.cache.invalidate_key(old_key)
-        if session is not None:
-            session.key = new_key
-
-    async def _move_onto_index(self, src: Node, new_path: str, pid: int | None) -> None:
-        """umoci and zot replace index.json by renaming a temp file over it: merge, then PUT."""
-        session = src.session
-        if session is not None:
-            ours = session.staging.pread(session.size, 0)
-        elif src.committed:
-            _, ours = await self.s3.get(self.ns.key(src.path))
+            body = await self.reader.whole(v)
+            etag, merged = await self.publish_index_bytes(new_key, body, owner)
+            new = Version(new_key, etag, len(merged))
+            self.reader.put_whole(new, merged)
+        elif v.key == new_key:
+            new = v  # a zero-copy ingest file renamed onto its blob: already there
         else:
-            ours = b""
-        target = self.ns.paths.get(new_path)
-        holder = target if target is not None and not target.is_dir else src
-        probe_path = holder.path
-        holder.path = new_path
-        try:
-            etag, body = await self.publish_index_bytes(holder, ours, pid)
-        finally:
-            holder.path = probe_path
-        if src.committed:
-            await self.s3.delete(self.ns.key(src.path))
-            self.cache.invalidate_key(self.ns.key(src.path))
-        if session is not None:
-            await session.mark_published()
-            session.staging.truncate(0)
-            session.staging.pwrite(body, 0)
-            session.size = len(body)
-        src.etag, src.size, src.committed = etag, len(body), True
-        src.version += 1
-        src.mtime = time.time()
+            expect = blob_digest(new_path)
+            if expect is not None:
+                await self._verify_object(src, v, expect)
+            etag = await self.server_copy(v.key, new_key, v.size, src.meta_for(new_path), v.etag)
+            new = Version(new_key, etag, v.size)
+        if v.key == old_key:
+            await self.s3.delete(old_key)
+            self.reader.cache.invalidate_key(old_key)
+        src.version = new
         src.fetched = time.monotonic()
-        src.index_base = (etag, body)
-        self.cache.put((self.ns.key(new_path), etag, 0), body)
         self.on_published(new_path)
 
-    async def _verify_object(self, src: Node, key: str, expect: tuple[str, str]) -> None:
+    async def _verify_object(self, src: Node, v: Version, expect: tuple[str, str]) -> None:
         alg, want = expect
         got = src.sha256 if alg == "sha256" else None
         if got is None:
             h = hashlib.new(alg)
-            cs = self.cache.chunk_size
-            for idx in range(-(-src.size // cs)):
-                h.update(await self._chunk(key, src.etag, src.size, idx))
+            for idx in range(-(-v.size // self.cfg.chunk_size)):
+                h.update(await self.reader.chunk(v, idx))
             got = h.hexdigest()
             if alg == "sha256":
                 src.sha256 = got
         if got != want:
-            raise errors.DigestMismatch(f"refusing to rename {key} to a blob named {alg}:{want}: it hashes to {alg}:{got}")
+            raise errors.DigestMismatch(f"refusing to rename {v.key} to a blob named {alg}:{want}: it hashes to {alg}:{got}")
 
-    async def _chunk(self, key: str, etag: str, size: int, idx: int) -> bytes:
-        async def fetch(start: int, end: int) -> bytes:
-            return await self.s3.get_range(key, start, end, etag or None)
-
-        return await self.cache.get((key, etag, idx), size, fetch)
-
-    async def server_copy(self, src: str, dst: str, size: int, meta: dict[str, str]) -> str:
+    async def server_copy(self, src: str, dst: str, size: int, meta: dict[str, str], src_etag: str | None = None) -> str:
         """CopyObject, or parallel UploadPartCopy for objects over 5 GiB."""
         if size <= MAX_SINGLE_COPY:
-            return await self.s3.copy(src, dst, meta)
+            return await self.s3.copy(src, dst, meta, src_etag)
         upload_id = await self.s3.create_multipart(dst, meta)
         etags: dict[int, str] = {}
 
         async def part(n: int, start: int, end: int) -> None:
-            etags[n] = await self.s3.upload_part_copy(src, dst, upload_id, n, start, end)
+            etags[n] = await self.s3.upload_part_copy(src, dst, upload_id, n, start, end, src_etag)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -307,6 +326,15 @@ class Publisher:
                     nursery.start_soon(part, n, start, min(start + COPY_PART, size))
             return await self.s3.complete_multipart(dst, upload_id, sorted(etags.items()))
         except BaseException:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
                 await self.s3.abort_multipart(dst, upload_id)
             raise
+
+
+async def _refused(put: Awaitable[str]) -> bool:
+    """Whether a conditional PUT was refused with 412 (as it must be)."""
+    try:
+        await put
+    except store.PreconditionFailed:
+        return True
+    return False

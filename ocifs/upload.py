@@ -1,404 +1,393 @@
-"""A file being written: its local staging copy and the multipart upload streamed from it.
+"""The multipart upload of one file's content, streamed while the file is still being written.
 
-Every write lands in a staging file on local disk (the source of truth for the file's bytes
-until commit, so other opens can read it and random writes, truncates and appends just work).
-While the writer moves forward, each completed part is uploaded in the background, in
-parallel, as an S3 multipart upload: by the time the writer closes the file most bytes are
-already in S3. At most ``max_inflight`` parts of one file are in flight; a writer that gets
-further ahead waits (backpressure), which also bounds the work left for close().
+While a writer moves forward, each completed part is uploaded in the background, in parallel:
+by the time the file is closed most bytes are already in S3, and close only sends the tail and
+completes the upload. At most ``max_inflight`` parts of one file are in flight; a writer that
+gets further ahead waits (backpressure), which also bounds the work left for close.
 
-A part that is rewritten after it was sent is sent again at commit, so any write pattern is
-correct; only sequential writers get the streaming speed-up. Files smaller than one part go in
-a single PUT at commit. Nothing is visible under the key until commit: an abandoned upload is
-aborted.
+Two things make any write pattern correct and any size stream:
+
+* **Part layout** (:class:`PartLayout`): the part size doubles every 1,000 parts (S3 allows
+  10,000 parts), so a file of any size streams (8 MiB parts carry 8 GB, then 16 MiB parts, ...
+  up to S3's 5 TiB object limit). goofys grows its parts the same way (5 → 625 MiB).
+* **An unchanged prefix is copied, not re-sent.** A session that appends to an existing object
+  (zot's chunked uploads, ``truncate(path, N)``) has a base; the parts of ``[0, origin)`` that
+  still equal the base become UploadPartCopy requests at commit (:func:`plan_prefix`), planned
+  around whatever chunks were rewritten. They take the part numbers reserved below the
+  streamed parts.
+
+A part rewritten after it was sent is sent again at commit. Nothing is visible under the key
+until CompleteMultipartUpload; a failed commit aborts the upload, and the next commit starts
+again from the content (which is never lost by a failed upload).
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
-import os
-import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import NamedTuple
 
 import trio
 
 from ocifs import errors, store
-from ocifs.s3 import S3
+from ocifs.content import Content, FetchChunk
+from ocifs.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-MAX_PARTS = 10_000  # S3's limit
+MiB = 1024 * 1024
+MIN_PART = 5 * MiB  # S3: every part but the last
+MAX_PART = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+TIER_PARTS = 1_000  # the part size doubles after this many parts
+# Server-side copies of an unchanged prefix go in parts of this size: big enough that a 100 GiB
+# base is 200 requests, small enough that they run in parallel and each finishes in seconds.
+COPY_PART = 512 * MiB
+# Part numbers reserved for the prefix beyond its copy parts: writes into the prefix split it.
+PREFIX_SLACK = 64
+# Rewritten pieces of a prefix are sent from memory in parts of at most this size.
+ASSEMBLED_PART = 64 * MiB
 
 
-class Staging:
-    """A local file that holds the whole content of a file being written."""
+class PartLayout:
+    """Where the streamed parts lie: part ``i`` (0-based) covers :meth:`range` (i) and is S3
+    part number ``first + i``."""
 
-    def __init__(self, directory: Path) -> None:
-        fd, name = _mkstemp(directory)
-        self.fd = fd
-        self.path = Path(name)
+    def __init__(self, origin: int, first: int, part_size: int) -> None:
+        self.origin = origin
+        self.first = first
+        self.capacity = MAX_PARTS - first + 1
+        self._sizes: list[int] = []
+        self._starts: list[int] = []  # offset (relative to origin) where each tier starts
+        pos = 0
+        for t in range(-(-self.capacity // TIER_PARTS)):
+            size = min(part_size << t, MAX_PART)
+            self._sizes.append(size)
+            self._starts.append(pos)
+            pos += size * TIER_PARTS
+        self.limit = origin + pos  # bytes the layout can hold
 
-    def pwrite(self, data: bytes, offset: int) -> None:
-        """All of ``data`` or an error: a short write (full disk) is ENOSPC, never ignored."""
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, "no space left on the staging disk")
-                view = view[n:]
-                offset += n
-        except OSError as exc:
-            raise errors.OcifsError(f"staging write failed: {exc.strerror or exc}", err=exc.errno or errno.EIO) from None
+    def range(self, i: int) -> tuple[int, int]:
+        t, k = divmod(i, TIER_PARTS)
+        start = self.origin + self._starts[t] + k * self._sizes[t]
+        return start, start + self._sizes[t]
 
-    def pread(self, size: int, offset: int) -> bytes:
-        """Exactly ``size`` bytes (what we publish must be what was acknowledged)."""
-        data = os.pread(self.fd, size, offset)
-        if len(data) != size:
-            raise errors.OcifsError(f"staging file is short: {len(data)} of {size} bytes at {offset}")
-        return data
+    def index_at(self, offset: int) -> int:
+        """The part holding byte ``offset`` (>= origin)."""
+        rel = offset - self.origin
+        t = len(self._starts) - 1
+        while self._starts[t] > rel:
+            t -= 1
+        return t * TIER_PARTS + (rel - self._starts[t]) // self._sizes[t]
 
-    def truncate(self, size: int) -> None:
-        try:
-            os.ftruncate(self.fd, size)
-        except OSError as exc:
-            raise errors.OcifsError(f"staging truncate failed: {exc}", err=exc.errno) from None
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
+    def count(self, size: int) -> int:
+        """How many parts cover [origin, size)."""
+        return 0 if size <= self.origin else self.index_at(size - 1) + 1
 
 
-def _mkstemp(directory: Path) -> tuple[int, str]:
-    import tempfile
+class PlannedPart(NamedTuple):
+    start: int
+    end: int
+    copy: bool  # UploadPartCopy from the base; otherwise sent from the content
 
-    return tempfile.mkstemp(prefix="w-", dir=directory)
+
+def _split(start: int, end: int, most: int) -> list[tuple[int, int]]:
+    """[start, end) in equal pieces of at most ``most`` bytes (each >= MIN_PART if the whole is)."""
+    n = max(1, -(-(end - start) // most))
+    step = -(-(end - start) // n)
+    return [(s, min(s + step, end)) for s in range(start, end, step)]
 
 
-class WriteSession:
-    """The pending content of one inode, from the first write until the last release."""
+def plan_prefix(origin: int, chunk: int, copyable: Callable[[int, int], bool], more_follows: bool) -> list[PlannedPart]:
+    """Parts for [0, origin): copies of unchanged runs, the rest sent from the content.
+
+    Every part is >= MIN_PART except the last one when nothing follows it.
+    """
+    runs: list[list[int | bool]] = []  # [start, end, copy]
+    for c in range(-(-origin // chunk)):
+        s, e = c * chunk, min((c + 1) * chunk, origin)
+        cp = copyable(s, e)
+        if runs and runs[-1][2] == cp:
+            runs[-1][1] = e
+        else:
+            runs.append([s, e, cp])
+    # A copy run too short to be a part is sent from the content instead.
+    merged: list[list[int | bool]] = []
+    for s, e, cp in runs:
+        cp = bool(cp) and int(e) - int(s) >= MIN_PART
+        if merged and merged[-1][2] == cp:
+            merged[-1][1] = e
+        else:
+            merged.append([s, e, cp])
+    parts: list[tuple[int, int, bool]] = []
+    acc: int | None = None  # start of sent-from-content bytes not yet made a part
+    for s0, e0, cp in merged:
+        s, e = int(s0), int(e0)
+        if not cp:
+            acc = s if acc is None else acc
+            continue
+        if acc is not None:
+            need = MIN_PART - (s - acc)
+            if need > 0 and e - s - need < MIN_PART:
+                continue  # absorb the whole (short) copy run; keep accumulating
+            cut = s + max(need, 0)
+            parts.append((acc, cut, False))
+            acc, s = None, cut
+        parts.append((s, e, True))
+    if acc is not None:
+        if origin - acc < MIN_PART and (more_follows or len(parts) > 0) and parts:
+            ps, pe, _ = parts.pop()  # a copy run: give the tail some of its bytes
+            cut = origin - MIN_PART
+            if cut - ps >= MIN_PART:
+                parts.append((ps, cut, True))
+                acc = cut
+            else:
+                acc = ps
+        parts.append((acc, origin, False))
+    out: list[PlannedPart] = []
+    for s, e, cp in parts:
+        for a, b in _split(s, e, COPY_PART if cp else ASSEMBLED_PART):
+            out.append(PlannedPart(a, b, cp))
+    return out
+
+
+class _Sent(NamedTuple):
+    etag: str
+    start: int
+    end: int
+
+
+class Upload:
+    """The multipart upload of one content, from its first full part to CompleteMultipartUpload."""
 
     def __init__(
         self,
-        s3: S3,
-        nursery: trio.Nursery,
-        staging_dir: Path,
-        key: str,
-        size: int,
+        s3: ObjectStore,
+        content: Content,
+        fetch: FetchChunk,
         part_size: int,
         max_inflight: int,
-        private: bool,
+        spawn: Callable[..., None],
     ) -> None:
         self.s3 = s3
-        self.nursery = nursery
-        self.staging = Staging(staging_dir)
-        self.key = key  # where the next commit publishes
-        self.size = size
+        self.content = content
+        self.fetch = fetch  # base chunks, through the chunk cache
         self.part_size = part_size
-        # True when this session rewrites a committed file from scratch (O_TRUNC): other
-        # opens keep reading the committed version until the commit (atomic publish).
-        self.private = private
-        self.owner: int | None = None  # the process doing a private rewrite (sees it early)
-        self.dirty = True
-        # Zero-copy commit: the key this file is streamed to before its final name exists
-        # (oras' ingest/<hex>_N -> blobs/<alg>/<hex>). Close only seals; the rename publishes.
-        self.target: str | None = None
-        self.sealed = False
-        # sha256 of bytes [0, _hashed), fed by forward writes; rewrites below invalidate it.
-        self._sha256: "hashlib._Hash | None" = hashlib.sha256()
-        self._hashed = 0
-        self._inflight = trio.Semaphore(max_inflight)
         self._max_inflight = max_inflight
+        self._spawn = spawn  # start_soon of the owning session's nursery
+        self._inflight = trio.Semaphore(max_inflight)
         self._idle = trio.Event()
         self._idle.set()
         self._running = 0
-        self._error: errors.OcifsError | store.StoreError | None = None
-        self._reset_upload()
+        self._gen = 0
+        self._pump_lock = trio.Lock()  # two descriptors of one process may write at once
+        self.streaming_enabled = True
+        self._reset()
 
-    def _reset_upload(self) -> None:
+    def _reset(self) -> None:
+        """Forget the upload (after complete or abort) and lay out the next one."""
+        c = self.content
+        # Copy the unchanged prefix if it is big enough to be a part; else send it all.
+        self.origin = c.base_extent if c.base is not None and c.base_extent >= MIN_PART else 0
+        reserve = -(-self.origin // COPY_PART) + PREFIX_SLACK if self.origin else 0
+        self.layout = PartLayout(self.origin, reserve + 1, self.part_size)
         self.upload_id: str | None = None
-        self.upload_key: str | None = None
-        self.upload_meta: dict[str, str] = {}
-        self._parts: dict[int, tuple[str, int]] = {}  # number -> (etag, length sent)
-        self._sent: set[int] = set()  # parts dispatched in this upload
-        self._stale: set[int] = set()  # parts rewritten after they were dispatched
-        self._frontier = 0  # bytes [0, frontier) were written by a forward-moving writer
-        self._sent_end = 0  # end offset of the furthest part dispatched
-        self._mpu_lock = trio.Lock()
+        self.key: str | None = None
+        self.meta: dict[str, str] = {}
+        self._sent: dict[int, _Sent] = {}  # part number -> what was sent
+        self._dispatched: dict[int, tuple[int, int]] = {}  # number -> range, sent or in flight
+        self._stale: set[int] = set()
+        self._next = 0  # next streamed part index to dispatch
+        # Bytes below the frontier are final unless rewritten: the base, then forward writes.
+        self._frontier = c.base_extent
+        self.error: BaseException | None = None
+        self._gen += 1  # part tasks of an earlier upload must not touch this one
 
     @property
-    def streaming(self) -> bool:
+    def started(self) -> bool:
         return self.upload_id is not None
 
-    # --- writes -----------------------------------------------------------------------------
-    async def write(self, offset: int, data: bytes, meta: dict[str, str]) -> None:
-        if self.write_nowait(offset, data):
-            await self.dispatch(meta)
-
-    def write_nowait(self, offset: int, data: bytes) -> bool:
-        """Stage a write without yielding; True if a full part is ready to be sent.
-
-        The FUSE write path calls this directly: most writes (oras writes 32 KiB at a time)
-        then cost a pwrite and a hash update, no scheduling.
-        """
-        self.staging.pwrite(data, offset)
-        end = offset + len(data)
-        if end > self.size:
-            self.size = end
-        self.dirty = True
-        self.sealed = False
-        if self._sha256 is not None:
-            if offset == self._hashed:
-                self._sha256.update(data)
-                self._hashed = end
-            elif offset < self._hashed:
-                self._sha256 = None
-        if self._error is not None:
-            return False  # reported at commit
-        if offset < self._sent_end:  # rewrites something already sent: resend at commit
-            first = offset // self.part_size + 1
-            for n in self._sent:
-                if n >= first and (n - 1) * self.part_size < end:
-                    self._stale.add(n)
-        if offset <= self._frontier and end > self._frontier:
+    # --- what the writer did ----------------------------------------------------------------
+    def note_write(self, offset: int, end: int) -> None:
+        for n, (s, e) in self._dispatched.items():
+            if s < end and offset < e:
+                self._stale.add(n)
+        if offset <= self._frontier < end:
             self._frontier = end
-        return (len(self._sent) + 1) * self.part_size <= self._frontier
 
-    async def dispatch(self, meta: dict[str, str]) -> None:
-        await self._dispatch_full_parts(meta)
+    def note_truncate(self, size: int) -> bool:
+        """Record a truncate; True if the upload must start over (the prefix shrank)."""
+        if size < self.origin:
+            return True
+        for n, (s, e) in self._dispatched.items():
+            if e > size:
+                self._stale.add(n)
+        self._frontier = min(self._frontier, size)
+        if size > self.origin:
+            self._next = min(self._next, self.layout.index_at(size))
+        else:
+            self._next = 0
+        return False
 
-    def truncate(self, size: int) -> None:
-        self.staging.truncate(size)
-        self.sealed = False
-        if size < self._hashed:
-            self._sha256 = None
-        if size < self.size:
-            self._frontier = min(self._frontier, size)
-            for n in self._sent:
-                if n * self.part_size > size:
-                    self._stale.add(n)
-        self.size = size
-        self.dirty = True
+    def ready(self) -> bool:
+        """A full part lies below the forward-writing frontier and can be sent now."""
+        if not self.streaming_enabled or self.error is not None or self._next >= self.layout.capacity:
+            return False
+        return self.layout.range(self._next)[1] <= self._frontier
 
-    async def _dispatch_full_parts(self, meta: dict[str, str]) -> None:
-        n = len(self._sent) + 1
-        while n * self.part_size <= self._frontier and n < MAX_PARTS and self._error is None:
-            if n not in self._sent:
-                await self._start_part(n, meta)
-            n += 1
+    # --- streaming --------------------------------------------------------------------------
+    async def pump(self, key: str, meta: dict[str, str]) -> None:
+        """Start every ready part (the writer waits here when too many are in flight)."""
+        async with self._pump_lock:
+            while self.ready():
+                await self._inflight.acquire()
+                try:
+                    await self._ensure(key, meta)
+                except BaseException:
+                    self._inflight.release()
+                    raise
+                i = self._next
+                self._next += 1
+                self._start(self.layout.first + i, *self.layout.range(i), acquired=True)
 
-    async def _start_part(self, number: int, meta: dict[str, str]) -> None:
-        await self._inflight.acquire()  # backpressure: the writer waits here
-        try:
-            await self._ensure_mpu(meta)
-        except BaseException:
-            self._inflight.release()
-            raise
-        self._sent.add(number)
-        self._sent_end = max(self._sent_end, number * self.part_size)
+    async def _ensure(self, key: str, meta: dict[str, str]) -> None:
+        if self.upload_id is None:
+            self.upload_id = await self.s3.create_multipart(key, meta)
+            self.key = key
+            self.meta = dict(meta)
+
+    def _start(self, number: int, start: int, end: int, acquired: bool = False, copy: bool = False) -> None:
+        self._dispatched[number] = (start, end)
+        self._stale.discard(number)
         self._running += 1
         self._idle = trio.Event()
-        self.nursery.start_soon(self._upload_part_task, number)
+        self._spawn(self._part_task, number, start, end, acquired, copy)
 
-    async def _ensure_mpu(self, meta: dict[str, str]) -> None:
-        async with self._mpu_lock:
-            if self.upload_id is None:
-                self.upload_id = await self.s3.create_multipart(self.key, meta)
-                self.upload_key = self.key
-                self.upload_meta = dict(meta)
-
-    async def _upload_part_task(self, number: int) -> None:
+    async def _part_task(self, number: int, start: int, end: int, acquired: bool, copy: bool) -> None:
+        gen = self._gen
         try:
-            await self._upload_part(number)
-        except (errors.OcifsError, store.StoreError) as exc:
-            if self._error is None:
-                self._error = exc
-                log.warning("upload of part %d of %s failed: %s", number, self.key, exc)
+            if not acquired:
+                await self._inflight.acquire()
+            try:
+                etag = await self._send(number, start, end, copy)
+            finally:
+                self._inflight.release()
+            if gen == self._gen:
+                self._sent[number] = _Sent(etag, start, end)
+        except Exception as exc:  # a part task must never take its session (or the mount) down
+            if gen != self._gen or number in self._stale or end > self.content.size:
+                return  # aborted, or rewritten meanwhile: it is sent again at commit anyway
+            if self.error is None:
+                self.error = exc
+                level = logging.WARNING if isinstance(exc, (errors.OcifsError, store.StoreError)) else logging.ERROR
+                log.log(level, "upload of part %d of %s failed: %s", number, self.key, exc)
         finally:
-            self._inflight.release()
             self._running -= 1
             if self._running == 0:
                 self._idle.set()
 
-    async def _upload_part(self, number: int) -> None:
-        assert self.upload_id is not None and self.upload_key is not None
-        start = (number - 1) * self.part_size
-        length = max(0, min(self.part_size, self.size - start))
-        # Read the part only once a request slot is free (bounded memory with many writers).
-        etag = await self.s3.upload_part(
-            self.upload_key, self.upload_id, number, lambda: self.staging.pread(length, start)
-        )
-        self._parts[number] = (etag, length)
+    async def _send(self, number: int, start: int, end: int, copy: bool) -> str:
+        assert self.upload_id is not None and self.key is not None
+        c = self.content
+        if copy:
+            assert c.base is not None
+            return await self.s3.upload_part_copy(c.base.key, self.key, self.upload_id, number, start, end, c.base.etag)
+        if c.needs_base(start, end):
+            await c.materialize(start, end, self.fetch)
+        # Read the body only once a request slot is free (bounded memory with many writers).
+        return await self.s3.upload_part(self.key, self.upload_id, number, lambda: c.pread_local(start, end))
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    # --- digests ----------------------------------------------------------------------------
-    async def digest(self, alg: str) -> str:
-        """Hex digest of the staged content; sha256 mostly comes from the streaming hash."""
-        if alg == "sha256" and self._sha256 is not None:
-            h = self._sha256.copy()
-            start = self._hashed
-        else:
-            h = hashlib.new(alg)
-            start = 0
-        size = self.size
-
-        def finish() -> str:
-            pos = start
-            while pos < size:
-                block = self.staging.pread(min(8 << 20, size - pos), pos)
-                if not block:
-                    break
-                h.update(block)
-                pos += len(block)
-            return h.hexdigest()
-
-        if size - start <= 1 << 20:
-            return finish()
-        return await trio.to_thread.run_sync(finish)
-
     # --- commit -----------------------------------------------------------------------------
-    async def seal(self) -> None:
-        """Close of a zero-copy file: wait for its parts, publish nothing yet."""
-        await self.wait_idle()
-        if self._error is not None:
-            err = self._error
-            await self._abort()
-            raise err
-        self.sealed = True
-
-    async def commit(
-        self,
-        meta: dict[str, str],
-        expect: tuple[str, str] | None = None,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-        fix_meta: bool = True,
-    ) -> tuple[str, int, float | None]:
-        """Publish the staged content at ``self.key``.
-
-        Returns (etag, size, mtime); mtime is None when S3's LastModified is the file's mtime
-        (multipart uploads, where metadata is fixed before the last write). On failure nothing new is visible at the key, the
-        multipart upload is aborted, and the next commit starts again from the staging file.
-        """
+    async def finish(self, key: str, meta: dict[str, str], fix_meta: bool = True) -> str:
+        """Publish the content at ``key``; returns the ETag. On failure nothing is published
+        and the upload is aborted (the content is kept, so the commit can be retried)."""
         await self.wait_idle()
         try:
-            if self._error is not None:
-                raise self._error
-            if expect is not None:
-                alg, want = expect
-                got = await self.digest(alg)
-                if got != want:
-                    raise errors.DigestMismatch(
-                        f"refusing to publish {self.key}: content hashes to {alg}:{got}"
-                    )
-            if self.upload_id is None and self.size <= self.part_size:
-                meta = dict(meta)
-                meta.setdefault("mtime", f"{now():.6f}")
-                body = self.staging.pread(self.size, 0)
-                etag = await self.s3.put(self.key, body, meta, if_match, if_none_match)
-                result: tuple[str, int, float | None] = (etag, self.size, float(meta["mtime"]))
-            else:
-                result = await self._complete(meta, fix_meta)
+            if self.error is not None:
+                raise self.error
+            size = self.content.size
+            if self.upload_id is None and size <= self.part_size:
+                return await self._put(key, meta, size)
+            if self.upload_id is not None and self.key != key:
+                await self._abort()  # renamed while streaming: start over at the new key
+            upload_meta = dict(self.meta) if self.upload_id is not None else dict(meta)
+            etag = await self._complete(key, meta, size)
+            if fix_meta and upload_meta != meta:
+                # Metadata changed after the upload began (chmod of an open file): S3 takes
+                # metadata only at CreateMultipartUpload; fix it with a server-side self-copy.
+                etag = await self.s3.copy(key, key, meta)
+            return etag
         except BaseException:
             await self._abort()
+            self._reset()
             raise
-        self._reset_upload()
-        self.dirty = False
-        self.sealed = False
-        self.target = None
-        return result
 
-    async def mark_published(self) -> None:
-        """The content was published by other means (index.json merge): forget the upload."""
+    def rebased(self) -> None:
+        """The content was published and rebased on it: lay out the next upload."""
+        self._reset()
+
+    async def _put(self, key: str, meta: dict[str, str], size: int) -> str:
+        c = self.content
+        if c.needs_base(0, size):
+            await c.materialize(0, size, self.fetch)
+        return await self.s3.put(key, c.pread_local(0, size) if size else b"", meta)
+
+    async def _complete(self, key: str, meta: dict[str, str], size: int) -> str:
+        c = self.content
+        prefix: list[PlannedPart] = []
+        if self.origin:
+            prefix = plan_prefix(min(self.origin, size), c.chunk_size, c.copyable, size > self.origin)
+            if len(prefix) >= self.layout.first:
+                log.info("%s: rewritten too much of its prefix; uploading it whole", key)
+                await self._abort()
+                self.origin, self.layout = 0, PartLayout(0, 1, self.part_size)
+                self._frontier = 0
+                prefix = []
+        count = self.layout.count(size)
+        if count > self.layout.capacity:
+            raise errors.OcifsError(f"{key}: {size} bytes do not fit in {MAX_PARTS} parts")
+        await self._ensure(key, meta)
+        todo: list[tuple[int, int, int, bool]] = [(n, p.start, p.end, p.copy) for n, p in enumerate(prefix, 1)]
+        for i in range(count):
+            n = self.layout.first + i
+            s, e = self.layout.range(i)
+            e = min(e, size)
+            sent = self._sent.get(n)
+            if sent is None or n in self._stale or (sent.start, sent.end) != (s, e):
+                todo.append((n, s, e, False))
+        for n, s, e, cp in todo:
+            self._start(n, s, e, copy=cp)
+        await self.wait_idle()
+        if self.error is not None:
+            raise self.error
+        numbers = list(range(1, len(prefix) + 1)) + [self.layout.first + i for i in range(count)]
+        assert self.upload_id is not None
+        etag = await self.s3.complete_multipart(key, self.upload_id, [(n, self._sent[n].etag) for n in numbers])
+        self.upload_id = None  # completed: nothing left to abort
+        return etag
+
+    async def abort(self) -> None:
+        """Drop the upload (its parts are deleted by S3); the content stays."""
         await self.wait_idle()
         await self._abort()
-        self.dirty = False
-        self.sealed = False
-        self.target = None
-
-    @property
-    def sha256_if_cheap(self) -> str | None:
-        """The content's sha256 when the streaming hash covers all of it."""
-        if self._sha256 is not None and self._hashed == self.size:
-            return self._sha256.hexdigest()
-        return None
-
-    async def _complete(self, meta: dict[str, str], fix_meta: bool = True) -> tuple[str, int, float | None]:
-        size = self.size
-        nparts = max(1, -(-size // self.part_size))
-        if nparts > MAX_PARTS or (self.upload_key not in (None, self.key)):
-            # Too many parts for this part size, or renamed mid-upload: start over in one go.
-            await self._abort()
-            return await self._upload_whole(meta, fix_meta)
-        await self._ensure_mpu(meta)
-        assert self.upload_id is not None
-        todo = []
-        for n in range(1, nparts + 1):
-            want = min(self.part_size, size - (n - 1) * self.part_size)
-            got = self._parts.get(n)
-            if got is None or got[1] != want or n in self._stale:
-                todo.append(n)
-        await self._send_parts(todo)
-        if self._error is not None:
-            raise self._error
-        parts = [(n, self._parts[n][0]) for n in range(1, nparts + 1)]
-        etag = await self.s3.complete_multipart(self.key, self.upload_id, parts)
-        self.upload_id = None  # completed: nothing left to abort
-        if fix_meta and self.upload_meta != meta:
-            # Metadata changed after the upload began (chmod of an open file): S3 only takes
-            # metadata at CreateMultipartUpload, so fix it with a server-side self-copy.
-            etag = await self.s3.copy(self.key, self.key, meta)
-        mtime = float(meta["mtime"]) if "mtime" in meta else None
-        return etag, size, mtime
-
-    async def _upload_whole(self, meta: dict[str, str], fix_meta: bool) -> tuple[str, int, float | None]:
-        self._reset_upload()
-        part_size = self.part_size
-        while -(-self.size // part_size) > MAX_PARTS:
-            part_size *= 2
-        self.part_size = part_size
-        return await self._complete(meta, fix_meta)
-
-    async def _send_parts(self, numbers: list[int]) -> None:
-        async with trio.open_nursery() as nursery:
-            for n in numbers:
-                await self._inflight.acquire()
-                self._running += 1
-                self._idle = trio.Event()
-                self._sent.add(n)
-                self._sent_end = max(self._sent_end, n * self.part_size)
-                self._stale.discard(n)
-                nursery.start_soon(self._upload_part_task, n)
+        self._reset()
 
     async def _abort(self) -> None:
-        upload_id, key = self.upload_id, self.upload_key
-        self._reset_upload()
-        self._error = None
+        upload_id, key = self.upload_id, self.key
+        self.upload_id = None
+        self._gen += 1
+        self._sent.clear()
+        self._dispatched.clear()
+        self._stale.clear()
+        self._next = 0
+        self.error = None
         if upload_id is not None and key is not None:
+            # Shielded and bounded: an abort runs on failure paths and at close.
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 try:
                     await self.s3.abort_multipart(key, upload_id)
                 except store.StoreError as exc:
-                    log.warning("could not abort multipart upload of %s: %s", key, exc)
-
-    async def discard(self) -> None:
-        """Drop the session: abort any upload and delete the staging file."""
-        await self.wait_idle()
-        await self._abort()
-        self.staging.close()
-
-    def close(self) -> None:
-        self.staging.close()
-
-
-def now() -> float:
-    return time.time()
+                    log.warning("could not abort multipart upload of %s: %s (left for fsck --repair)", key, exc)

@@ -71,30 +71,40 @@ def test_push_of_256mib_blob_makes_no_copy_and_sends_it_once(mount, tmp_path):
     assert mount.bucket.head(f"zc/blobs/sha256/{sha(blob)}")["ContentLength"] == 256 * MiB
 
 
-def test_ingest_file_is_not_visible_under_its_blob_key_before_the_rename(mount):
+def test_ingest_file_is_published_under_its_blob_key_at_close_and_renamed_without_a_copy(mount):
     data = os.urandom(3 * MiB) * 7  # 21 MiB: streamed as a multipart upload while written
     digest = sha(data)
     ingest = mount.path / "lay" / "ingest"
     (mount.path / "lay" / "blobs" / "sha256").mkdir(parents=True)
     ingest.mkdir(parents=True)
     tmp = ingest / f"{digest}_12345"
-    tmp.write_bytes(data)
-    assert mount.bucket.head(f"lay/blobs/sha256/{digest}") is None
-    assert tmp.read_bytes() == data  # readable (from staging) while parked
-    os.rename(tmp, mount.path / "lay" / "blobs" / "sha256" / digest)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        assert mount.bucket.head(f"lay/blobs/sha256/{digest}") is None  # not before close
+        assert incomplete_uploads(mount) == [f"lay/blobs/sha256/{digest}"]  # but streaming
+    # close published it: verified, under its digest name (a durability point like any close)
     assert mount.bucket.get(f"lay/blobs/sha256/{digest}") == data
-    assert mount.bucket.head(f"lay/ingest/{digest}_12345") is None
+    assert tmp.read_bytes() == data
+    before = stats(mount)
+    os.rename(tmp, mount.path / "lay" / "blobs" / "sha256" / digest)
+    after = stats(mount)
+    assert req(after, "CopyObject") == req(before, "CopyObject")
+    assert req(after, "PutObject") == req(before, "PutObject")
+    assert (mount.path / "lay" / "blobs" / "sha256" / digest).read_bytes() == data
+    assert mount.bucket.head(f"lay/ingest/{digest}_12345") is None  # the temp name never existed
     assert incomplete_uploads(mount) == []
 
 
-def test_unlinked_ingest_file_leaves_no_object_and_no_upload(mount):
+def test_ingest_file_unlinked_before_close_leaves_no_object_and_no_upload(mount):
     data = os.urandom(MiB) * 20
     digest = sha(data)
     ingest = mount.path / "lay" / "ingest"
     ingest.mkdir(parents=True)
     tmp = ingest / f"{digest}_1"
-    tmp.write_bytes(data)
-    tmp.unlink()
+    with open(tmp, "wb") as f:
+        f.write(data)
+        tmp.unlink()
     keys = mount.bucket.list("lay/")
     assert [k for k in keys if not k.endswith("/")] == []
     assert incomplete_uploads(mount) == []

@@ -1,0 +1,223 @@
+"""The bytes of one version of a file being written: a base object plus local changes.
+
+A write session does not copy the object it modifies. Its content is
+
+* ``base``: the committed object (key, ETag, size) the session started from, whose bytes fill
+  ``[0, base_extent)`` wherever nothing was written locally; and
+* a sparse local *staging* file holding every byte written (at its real offset), plus the base
+  chunks that had to be fetched because a write landed inside them.
+
+So appending to an existing object (zot's chunked uploads reopen the file and write at EOF),
+``truncate(path, N)`` and reopening without ``O_TRUNC`` cost nothing until commit, and the commit
+copies the unchanged prefix server-side (UploadPartCopy) instead of downloading and uploading it
+inside one FUSE operation. Chunks are the unit of bookkeeping: ``local`` holds the chunks below
+``base_extent`` whose staging bytes are valid, ``modified`` those that differ from the base.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import trio
+
+from ocifs import errors
+
+
+class Version(NamedTuple):
+    """One committed version of an object: where it is, which ETag, how big."""
+
+    key: str
+    etag: str
+    size: int
+
+
+# Fetch chunk ``idx`` of the base version (through the mount's chunk cache).
+FetchChunk = Callable[[int], Awaitable[bytes]]
+
+
+class Staging:
+    """A sparse local file holding a file's locally written bytes at their real offsets."""
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(prefix="w-", dir=directory)
+        self.fd = fd
+        self.path = Path(name)
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        """All of ``data`` or an error: a short write (full disk) is ENOSPC, never ignored."""
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "no space left on the staging disk")
+                view = view[n:]
+                offset += n
+        except OSError as exc:
+            raise errors.OcifsError(f"staging write failed: {exc.strerror or exc}", err=exc.errno or errno.EIO) from None
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Exactly ``size`` bytes (what we publish must be what was acknowledged)."""
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise errors.OcifsError(f"staging file is short: {len(data)} of {size} bytes at {offset}")
+        return data
+
+    def truncate(self, size: int) -> None:
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            raise errors.OcifsError(f"staging truncate failed: {exc.strerror or exc}", err=exc.errno or errno.EIO) from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.path.unlink(missing_ok=True)
+
+
+class Content:
+    """The pending bytes of a file: ``base`` where untouched, staging everywhere else."""
+
+    def __init__(self, staging_dir: Path, chunk_size: int, base: Version | None = None) -> None:
+        self.staging = Staging(staging_dir)
+        self.chunk_size = chunk_size
+        self.base = base
+        self.base_extent = base.size if base is not None else 0
+        self.size = self.base_extent
+        self.local: set[int] = set()
+        self.modified: set[int] = set()
+        # sha256 of bytes [0, _hashed), fed by forward writes of a file built from scratch;
+        # anything else (a base, a rewrite behind the hash) makes it unknown (None).
+        self._sha: "hashlib._Hash | None" = hashlib.sha256() if self.base_extent == 0 else None
+        self._hashed = 0
+
+    # --- queries ----------------------------------------------------------------------------
+    def _chunks(self, start: int, end: int) -> range:
+        cs = self.chunk_size
+        return range(start // cs, (end - 1) // cs + 1) if end > start else range(0)
+
+    def needs_base(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) include base bytes not present in staging."""
+        end = min(end, self.base_extent)
+        return any(c not in self.local for c in self._chunks(start, end))
+
+    def copyable(self, start: int, end: int) -> bool:
+        """Whether [start, end) is byte-for-byte the base (so S3 can copy it server-side)."""
+        if self.base is None or end > self.base_extent:
+            return False
+        return not any(c in self.modified for c in self._chunks(start, end))
+
+    @property
+    def sha256(self) -> str | None:
+        """The content's sha256 when the streaming hash covers all of it."""
+        if self._sha is not None and self._hashed == self.size:
+            return self._sha.hexdigest()
+        return None
+
+    # --- writes -----------------------------------------------------------------------------
+    def write_nowait(self, offset: int, data: bytes | memoryview) -> bool:
+        """Write without awaiting; False (nothing written) if base chunks must be fetched first."""
+        end = offset + len(data)
+        if offset < self.base_extent and self.needs_base(offset, end):
+            return False
+        self.staging.pwrite(data, offset)
+        if offset < self.base_extent:
+            self.modified.update(self._chunks(offset, min(end, self.base_extent)))
+        if end > self.size:
+            self.size = end
+        if self._sha is not None:
+            if offset == self._hashed:
+                self._sha.update(data)
+                self._hashed = end
+            elif offset < self._hashed:
+                self._sha = None
+        return True
+
+    async def write(self, offset: int, data: bytes | memoryview, fetch: FetchChunk) -> None:
+        if not self.write_nowait(offset, data):
+            await self.materialize(offset, offset + len(data), fetch)
+            done = self.write_nowait(offset, data)
+            assert done
+
+    async def materialize(self, start: int, end: int, fetch: FetchChunk) -> None:
+        """Bring the base bytes of every chunk touching [start, end) into staging."""
+        cs = self.chunk_size
+        for c in self._chunks(start, min(end, self.base_extent)):
+            if c in self.local:
+                continue
+            data = await fetch(c)
+            lo, hi = c * cs, min((c + 1) * cs, self.base_extent)
+            # A write may have landed beyond base_extent inside this chunk: keep it.
+            self.staging.pwrite(memoryview(data)[: hi - lo], lo)
+            self.local.add(c)
+
+    def truncate(self, size: int) -> None:
+        self.staging.truncate(size)
+        if size < self.base_extent:
+            self.base_extent = size
+            limit = -(-size // self.chunk_size)
+            self.local = {c for c in self.local if c < limit}
+            self.modified = {c for c in self.modified if c < limit}
+        if size < self._hashed:
+            self._sha = None
+        self.size = size
+
+    # --- reads ------------------------------------------------------------------------------
+    async def read(self, offset: int, length: int, fetch: FetchChunk) -> bytes:
+        """Bytes [offset, offset+length) of the content (short at EOF)."""
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        cs = self.chunk_size
+        out: list[bytes | memoryview] = []
+        pos = offset
+        while pos < end:
+            if pos >= self.base_extent:
+                out.append(self.staging.pread(end - pos, pos))
+                break
+            c = pos // cs
+            stop = min(end, (c + 1) * cs, self.base_extent)
+            if c in self.local:
+                out.append(self.staging.pread(stop - pos, pos))
+            else:
+                data = await fetch(c)
+                out.append(memoryview(data)[pos - c * cs : stop - c * cs])
+            pos = stop
+        return out[0] if len(out) == 1 and isinstance(out[0], bytes) else b"".join(out)
+
+    def pread_local(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) straight from staging (the caller made them local)."""
+        assert not self.needs_base(start, end), "pread_local of bytes still in the base"
+        return self.staging.pread(end - start, start)
+
+    async def digest(self, alg: str, fetch: FetchChunk) -> str:
+        """Hex digest of the whole content (the streaming sha256 when it covers it)."""
+        if alg == "sha256" and self.sha256 is not None:
+            return self.sha256
+        h = hashlib.new(alg)
+        step = 8 << 20
+        for pos in range(0, self.size, step):
+            data = await self.read(pos, step, fetch)
+            # hashlib releases the GIL on big buffers: hash off the FUSE thread.
+            await trio.to_thread.run_sync(h.update, data)
+        return h.hexdigest()
+
+    # --- after a publish --------------------------------------------------------------------
+    def rebase(self, version: Version) -> None:
+        """The content was published as ``version``: it is the new base, nothing is modified."""
+        cs = self.chunk_size
+        first_fresh = -(-self.base_extent // cs)  # chunks wholly written locally
+        self.local.update(range(first_fresh, -(-self.size // cs)))
+        self.base = version
+        self.base_extent = self.size
+        self.modified.clear()
+
+    def close(self) -> None:
+        self.staging.close()

@@ -1,0 +1,137 @@
+"""Reading committed versions: the chunk cache, read-ahead, and what a changed object means.
+
+Every read of a committed object goes through fixed-size chunks of one *version* (key + ETag)
+in the mount's shared cache, and every ranged GET carries ``If-Match``, so a replaced object is
+never mixed with the old one: the GET fails with PreconditionFailed instead, and the caller
+(:mod:`ocifs.files`) decides what that means for its handle. Sequential readers get a growing
+read-ahead window (:mod:`ocifs.prefetch`), fetched in the background by this service's own task
+group; each background GET has a deadline, and its failure is only a miss for the real read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import trio
+
+from ocifs import errors
+from ocifs.cache import ChunkCache
+from ocifs.config import Config
+from ocifs.content import FetchChunk, Version
+from ocifs.layout import blob_digest
+from ocifs.prefetch import ReadAhead
+from ocifs.store import ObjectStore
+from ocifs.tasks import TaskGroup
+
+log = logging.getLogger(__name__)
+
+
+class ReadState:
+    """How one open handle reads the committed version it was opened on."""
+
+    __slots__ = ("pin", "readahead", "returned", "verify", "verify_pos", "corrupt")
+
+    def __init__(self, pin: Version | None, readahead: ReadAhead) -> None:
+        self.pin = pin  # None: nothing committed when opened (a file another process is creating)
+        self.readahead = readahead
+        self.returned = False  # some bytes of ``pin`` were returned: switching versions would tear
+        self.verify: "hashlib._Hash | None" = None  # --verify-reads: sequential hash of a blob
+        self.verify_pos = 0
+        self.corrupt = False  # --verify-reads found the blob wrong: every later read fails too
+
+
+class Reader:
+    def __init__(self, cfg: Config, s3: ObjectStore, cache: ChunkCache) -> None:
+        self.cfg = cfg
+        self.s3 = s3
+        self.cache = cache
+        self.group: TaskGroup | None = None  # read-ahead tasks; set when the mount starts
+        # Read-ahead never plans more than half the cache per file, or it evicts itself.
+        self.max_window = max(cfg.chunk_size, min(cfg.max_readahead, cfg.cache_size // 2))
+
+    def new_state(self, pin: Version | None, verify_path: str | None = None) -> ReadState:
+        st = ReadState(pin, ReadAhead(self.cfg.chunk_size, self.cfg.chunk_size, self.max_window))
+        digest = blob_digest(verify_path) if verify_path and self.cfg.verify_reads else None
+        if digest is not None:
+            st.verify = hashlib.new(digest[0])
+        return st
+
+    # --- chunks -----------------------------------------------------------------------------
+    async def chunk(self, v: Version, idx: int) -> bytes:
+        async def fetch(start: int, end: int) -> bytes:
+            return await self.s3.get_range(v.key, start, end, v.etag or None)
+
+        return await self.cache.get((v.key, v.etag, idx), v.size, fetch)
+
+    def fetcher(self, v: Version | None) -> FetchChunk:
+        """Chunks of ``v`` (the base of a write session)."""
+
+        async def fetch(idx: int) -> bytes:
+            assert v is not None, "no base version to fetch from"
+            return await self.chunk(v, idx)
+
+        return fetch
+
+    async def whole(self, v: Version) -> bytes:
+        cs = self.cfg.chunk_size
+        return b"".join([await self.chunk(v, i) for i in range(-(-v.size // cs))])
+
+    def put_whole(self, v: Version, body: bytes) -> None:
+        """Seed the cache with a version this mount just wrote (oras re-reads what it wrote)."""
+        cs = self.cfg.chunk_size
+        if v.size <= 4 * cs:
+            for i in range(-(-v.size // cs)):
+                self.cache.put((v.key, v.etag, i), body[i * cs : (i + 1) * cs])
+
+    # --- reads ------------------------------------------------------------------------------
+    async def read(self, st: ReadState, off: int, size: int, what: str) -> bytes:
+        """Bytes of the pinned version; raises store.PreconditionFailed / store.NotFound if it
+        is gone from S3 (the caller decides whether to switch versions or fail)."""
+        v = st.pin
+        if v is None:
+            return b""
+        if st.corrupt:
+            raise errors.RemoteError(f"{what}: content does not match its digest")
+        end = min(off + size, v.size)
+        if off >= end:
+            return b""
+        cs = self.cfg.chunk_size
+        for idx in st.readahead.on_read(off, size, v.size):
+            if self.group is not None and not self.cache.is_present_or_pending((v.key, v.etag, idx)):
+                self.group.start_soon(self._prefetch, v, idx)
+        out = []
+        for idx in range(off // cs, (end - 1) // cs + 1):
+            data = await self.chunk(v, idx)
+            base = idx * cs
+            # A memoryview slice: pyfuse3 replies from the buffer, no copy of the bytes.
+            out.append(memoryview(data)[max(off, base) - base : end - base])
+        result = out[0] if len(out) == 1 else b"".join(out)
+        st.returned = True
+        if st.verify is not None:
+            self._verify(st, off, result, what)
+        return result
+
+    async def _prefetch(self, v: Version, idx: int) -> None:
+        async def fetch(start: int, end: int) -> bytes:
+            return await self.s3.get_range(v.key, start, end, v.etag or None)
+
+        with trio.move_on_after(self.cfg.op_timeout):
+            await self.cache.prefetch((v.key, v.etag, idx), v.size, fetch)
+
+    def _verify(self, st: ReadState, off: int, data: bytes | memoryview, what: str) -> None:
+        """--verify-reads: hash a blob read front to back; a mismatch at EOF is EIO."""
+        assert st.verify is not None and st.pin is not None
+        if off != st.verify_pos:
+            st.verify = None  # not a front-to-back reader: nothing to check
+            return
+        st.verify.update(data)
+        st.verify_pos += len(data)
+        if st.verify_pos >= st.pin.size:
+            want = what.rsplit("/", 1)[-1]
+            got = st.verify.hexdigest()
+            st.verify = None
+            if got != want:
+                st.corrupt = True  # the kernel retries failed read-ahead: keep failing
+                log.error("blob %s read from S3 hashes to %s: corrupt object", st.pin.key, got)
+                raise errors.RemoteError(f"{what}: content does not match its digest")
