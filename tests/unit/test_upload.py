@@ -1,57 +1,21 @@
-"""The streaming upload of one file, against an in-memory fake of the S3 calls it makes."""
+"""The streaming upload of one file, against the in-memory S3 (tests/fakes3.py)."""
 
 import hashlib
 
 import pytest
 import trio
+import trio.testing
 
-from ocifs import errors
+from fakes3 import FakeS3
+from ocifs import errors, store
 from ocifs.upload import WriteSession
 
 PART = 5 * 1024 * 1024
 
 
-class FakeS3:
-    def __init__(self):
-        self.objects: dict[str, bytes] = {}
-        self.uploads: dict[str, dict[int, bytes]] = {}
-        self.calls: list[str] = []
-        self.fail_parts = False
-
-    async def put(self, key, body, meta, if_match=None, if_none_match=False):
-        self.calls.append("PutObject")
-        self.objects[key] = bytes(body)
-        return '"etag-put"'
-
-    async def create_multipart(self, key, meta):
-        self.calls.append("CreateMultipartUpload")
-        uid = f"u{len(self.uploads)}"
-        self.uploads[uid] = {}
-        return uid
-
-    async def upload_part(self, key, upload_id, number, body):
-        body = body() if callable(body) else body
-        self.calls.append(f"UploadPart{number}")
-        await trio.sleep(0)
-        if self.fail_parts:
-            raise errors.RemoteError("injected")
-        self.uploads[upload_id][number] = bytes(body)
-        return f'"p{number}"'
-
-    async def complete_multipart(self, key, upload_id, parts):
-        self.calls.append("CompleteMultipartUpload")
-        data = self.uploads.pop(upload_id)
-        self.objects[key] = b"".join(data[n] for n, _ in parts)
-        return '"etag-mpu"'
-
-    async def abort_multipart(self, key, upload_id):
-        self.calls.append("AbortMultipartUpload")
-        self.uploads.pop(upload_id, None)
-
-    async def copy(self, src, dst, meta):
-        self.calls.append("CopyObject")
-        self.objects[dst] = self.objects[src]
-        return '"etag-copy"'
+def ops(s3: FakeS3) -> list[str]:
+    """The requests made, as the old ad-hoc fake logged them ("UploadPart1" for part 1)."""
+    return [c.op + (str(c.part) if c.op == "UploadPart" else "") for c in s3.calls]
 
 
 def run(fn):
@@ -79,10 +43,10 @@ def test_sequential_writer_streams_parts_before_commit(tmp_path):
         for off in range(0, len(body), 1 << 20):
             await session.write(off, body[off : off + (1 << 20)], {})
         await session.wait_idle()
-        assert s3.calls[:4] == ["CreateMultipartUpload", "UploadPart1", "UploadPart2", "UploadPart3"]
+        assert ops(s3)[:4] == ["CreateMultipartUpload", "UploadPart1", "UploadPart2", "UploadPart3"]
         await session.commit({})
-        assert s3.objects["k"] == body
-        assert s3.calls.count("UploadPart1") == 1  # nothing sent twice
+        assert s3.objects["k"].data == body
+        assert ops(s3).count("UploadPart1") == 1  # nothing sent twice
 
     trio.run(run(go), tmp_path)
 
@@ -91,8 +55,8 @@ def test_small_file_is_one_put(tmp_path):
     async def go(s3, session):
         await session.write(0, b"hello", {})
         await session.commit({})
-        assert s3.calls == ["PutObject"]
-        assert s3.objects["k"] == b"hello"
+        assert ops(s3) == ["PutObject"]
+        assert s3.objects["k"].data == b"hello"
 
     trio.run(run(go), tmp_path)
 
@@ -106,8 +70,8 @@ def test_rewriting_a_sent_part_sends_it_again(tmp_path):
         await session.write(10, b"XYZ", {})
         body[10:13] = b"XYZ"
         await session.commit({})
-        assert s3.objects["k"] == bytes(body)
-        assert s3.calls.count("UploadPart1") == 2
+        assert s3.objects["k"].data == bytes(body)
+        assert ops(s3).count("UploadPart1") == 2
 
     trio.run(run(go), tmp_path)
 
@@ -117,9 +81,30 @@ def test_truncate_after_streaming_publishes_the_short_file(tmp_path):
 
     async def go(s3, session):
         await session.write(0, body, {})
+        await session.wait_idle()  # every part sent; test_truncate_while_parts_wait: not yet
         session.truncate(PART + 5)
         await session.commit({})
-        assert s3.objects["k"] == body[: PART + 5]
+        assert s3.objects["k"].data == body[: PART + 5]
+
+    trio.run(run(go), tmp_path)
+
+
+def test_truncate_while_parts_wait_for_s3_publishes_the_short_file(tmp_path):
+    """Parts dispatched but still waiting for a request slot read the staging file only once
+    they get one (upload_part's body callable): after the truncate. FAILS today: the waiting
+    part reads past the new end ("staging file is short"), and that error fails the commit
+    although truncate() already marked the part stale. Without the freeze this is a race that
+    the old fake hid by reading every body at once."""
+    body = data(3 * PART)
+
+    async def go(s3, session):
+        s3.freeze("UploadPart")
+        await session.write(0, body, {})
+        await trio.testing.wait_all_tasks_blocked()
+        session.truncate(PART + 5)
+        s3.thaw()
+        await session.commit({})
+        assert s3.objects["k"].data == body[: PART + 5]
 
     trio.run(run(go), tmp_path)
 
@@ -132,7 +117,7 @@ def test_wrong_digest_publishes_nothing_and_aborts(tmp_path):
         with pytest.raises(errors.DigestMismatch):
             await session.commit({}, expect=("sha256", "0" * 64))
         assert "k" not in s3.objects
-        assert "AbortMultipartUpload" in s3.calls
+        assert "AbortMultipartUpload" in ops(s3)
         assert s3.uploads == {}
 
     trio.run(run(go), tmp_path)
@@ -154,14 +139,14 @@ def test_failed_part_is_reported_at_commit_and_nothing_is_published(tmp_path):
     body = data(2 * PART + 1)
 
     async def go(s3, session):
-        s3.fail_parts = True
+        s3.fail("UploadPart", times=None)  # what the real client raises once retries are spent
         await session.write(0, body, {})
-        with pytest.raises(errors.RemoteError):
+        with pytest.raises(store.Unavailable):
             await session.commit({})
         assert "k" not in s3.objects
         assert s3.uploads == {}
-        s3.fail_parts = False  # the next commit starts again from the staging file
+        s3.reset_faults()  # the next commit starts again from the staging file
         await session.commit({})
-        assert s3.objects["k"] == body
+        assert s3.objects["k"].data == body
 
     trio.run(run(go), tmp_path)
