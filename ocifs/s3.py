@@ -31,6 +31,7 @@ from botocore.exceptions import (
     ClientError,
     EndpointConnectionError,
     NoCredentialsError,
+    ParamValidationError,
     PartialCredentialsError,
 )
 
@@ -135,6 +136,8 @@ def translate(exc: BaseException, what: str) -> store.StoreError:
         return store.Unavailable(f"{what}: {code or status}: {msg}")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return store.Denied(f"{what}: no usable credentials ({exc})")
+    if isinstance(exc, ParamValidationError):  # refused before it was sent (bad key, metadata)
+        return store.Rejected(f"{what}: {exc}")
     if isinstance(exc, EndpointConnectionError):
         return store.Unavailable(f"{what}: cannot reach endpoint ({exc})")
     return store.Unavailable(f"{what}: {type(exc).__name__}: {exc}")
@@ -344,6 +347,8 @@ class S3:
             if etag:
                 kw["IfMatch"] = etag
             r = await self._client.get_object(**kw)
+            if r.get("ContentLength", want) < want:  # the object is shorter: no retry can help
+                raise store.BadResponse(f"GetObject {key} [{start},{end}): the object ends before {end}")
             # Read straight into one buffer: body.read() would hold every piece and the joined
             # copy at once (twice the chunk per request in flight).
             buf = bytearray(want)
@@ -403,13 +408,16 @@ class S3:
     async def put(
         self,
         key: str,
-        body: bytes,
+        body: store.Body,
         meta: dict[str, str],
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> str:
         """PUT an object; with ``if_match``/``if_none_match`` a conditional write (412 ->
         PreconditionFailed)."""
+
+        if not isinstance(body, bytes):
+            body = bytes(body)  # botocore takes bytes (or files), not memoryviews
 
         async def go() -> str:
             kw: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body, "Metadata": meta}
@@ -438,7 +446,7 @@ class S3:
             log.info("CreateMultipartUpload %s was retried; an empty twin upload may be left", key)
         return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes | Callable[[], bytes]) -> str:
+    async def upload_part(self, key: str, upload_id: str, number: int, body: store.BodySource) -> str:
         """Upload one part. ``body`` may be a function that reads it: it is then called only
         once a request slot is free, so waiting parts hold no memory."""
         size = 0
@@ -452,6 +460,8 @@ class S3:
         assert self.limiter is not None
         async with self.part_memory, self.limiter:
             data = body() if callable(body) else body
+            if not isinstance(data, bytes):
+                data = bytes(data)
             size = len(data)
             self.stats["requests.UploadPart"] += 1
             try:

@@ -1,0 +1,475 @@
+"""The filesystem's promises, driven through its FUSE operations without a kernel.
+
+Each test names the promise it checks (README "Consistency", docs/SEMANTICS.md); the ones
+marked with an issue item reproduce a defect found in the write paths (data-safety issue,
+items 1-8) and fail on the code before the write state machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pyfuse3
+import pytest
+import trio
+import trio.testing
+
+from fakes3 import FakeS3
+from fsrig import Ctx, MiB, Rig, run
+from ocifs import store
+
+A, B, Z = 101, 202, 303  # processes
+
+
+def blob_name(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def body(n: int, seed: int = 0) -> bytes:
+    pattern = bytes((i * 13 + seed) % 251 for i in range(251))
+    return (pattern * (n // 251 + 1))[:n]
+
+
+async def fails_with(err: int, aw) -> None:
+    with pytest.raises(pyfuse3.FUSEError) as exc:
+        await aw
+    assert exc.value.errno == err, f"errno {exc.value.errno} ({errno.errorcode.get(exc.value.errno)}), wanted {errno.errorcode[err]}"
+
+
+# --- item 1: another process's close never publishes an unfinished write ----------------------
+def test_a_readers_close_does_not_publish_a_writers_unfinished_bytes(tmp_path):
+    old = body(3 * MiB, 1)
+    new = body(10 * MiB, 2)
+
+    async def go(r: Rig):
+        r.s3.seed("f", old)
+        fa = await r.open("f", os.O_WRONLY | os.O_TRUNC, pid=A)
+        await r.write(fa, new[:MiB], 0)
+        # process B: cat f
+        assert await r.read_file("f", pid=B) == old  # the committed version, whole
+        assert r.obj("f") == old  # B's close published nothing
+        for off in range(MiB, len(new), MiB):
+            await r.write(fa, new[off : off + MiB], off)
+        await r.close(fa)
+        assert r.obj("f") == new
+        parts = [c.part for c in r.s3.calls if c.op == "UploadPart"]
+        assert sorted(parts) == sorted(set(parts)), "the streaming upload restarted"
+
+    run(go, tmp_path)
+
+
+def test_the_writer_sees_its_own_writes_and_others_see_the_committed_version(tmp_path):
+    async def go(r: Rig):
+        await r.write_file("f", b"committed")
+        fa = await r.open("f", os.O_RDWR, pid=A)
+        await r.write(fa, b"CHANGED", 0)
+        assert await r.read(fa) == b"CHANGEDed"
+        assert await r.stat_size("f", pid=A) == 9
+        assert await r.read_file("f", pid=A) == b"CHANGEDed"  # another descriptor, same process
+        assert await r.read_file("f", pid=B) == b"committed"
+        await r.close(fa)
+        assert await r.read_file("f", pid=B) == b"CHANGEDed"
+
+    run(go, tmp_path)
+
+
+def test_two_writers_each_publish_a_whole_version_and_the_later_close_wins(tmp_path):
+    async def go(r: Rig):
+        fa = await r.open("f", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, pid=A)
+        fb = await r.open("f", os.O_WRONLY | os.O_TRUNC, pid=B)
+        await r.write(fa, b"aaaaaaaa", 0)
+        await r.write(fb, b"bb", 0)
+        await r.close(fb)
+        assert r.obj("f") == b"bb"
+        await r.close(fa)
+        assert r.obj("f") == b"aaaaaaaa"
+
+    run(go, tmp_path)
+
+
+# --- item 2: zot's O_CREAT + ftruncate(0) + write + close of a new index.json ------------------
+def test_new_index_json_written_with_ftruncate_then_write_reads_back(tmp_path):
+    doc = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
+
+    async def go(r: Rig):
+        await r.mkdir("repo")
+        fh = await r.open("repo/index.json", os.O_WRONLY | os.O_CREAT, pid=Z)
+        await r.truncate("repo/index.json", 0, pid=Z, fh=fh)
+        await r.write(fh, doc, 0)
+        await r.close(fh)
+        assert r.obj("repo/index.json") == doc
+        assert await r.read_file("repo/index.json", pid=B) == doc
+        assert await r.read_file("repo/index.json", pid=Z) == doc
+
+    run(go, tmp_path)
+
+
+def test_plain_file_written_with_ftruncate_then_write_reads_back(tmp_path):
+    async def go(r: Rig):
+        await r.write_file("f", b"old content, longer")
+        fh = await r.open("f", os.O_WRONLY | os.O_CREAT, pid=Z)
+        await r.truncate("f", 0, pid=Z, fh=fh)
+        await r.write(fh, b"new", 0)
+        await r.close(fh)
+        assert r.obj("f") == b"new"
+
+    run(go, tmp_path)
+
+
+# --- item 3: a failed or withdrawn operation never takes effect later -------------------------
+def test_a_close_that_failed_is_never_published_by_the_release(tmp_path):
+    async def go(r: Rig):
+        await r.write_file("f", b"v1")
+        fh = await r.open("f", os.O_WRONLY | os.O_TRUNC, pid=A)
+        await r.write(fh, b"v2 that must not appear", 0)
+        r.s3.fail("PutObject")
+        await fails_with(errno.EIO, r.ops.flush(fh))
+        await r.ops.release(fh)
+        assert r.obj("f") == b"v1"
+        await r.ops.shutdown()  # nor by the unmount
+        assert r.obj("f") == b"v1"
+
+    run(go, tmp_path)
+
+
+def test_writes_after_a_failed_close_on_another_descriptor_are_refused(tmp_path):
+    async def go(r: Rig):
+        fh = await r.open("f", os.O_WRONLY | os.O_CREAT, pid=A)
+        await r.write(fh, b"x", 0)
+        r.s3.fail("PutObject")
+        await fails_with(errno.EIO, r.ops.flush(fh))
+        await fails_with(errno.EIO, r.ops.write(fh, 1, b"y"))
+        await fails_with(errno.EIO, r.ops.flush(fh))  # a second close still reports it
+        await r.ops.release(fh)
+        assert r.obj("f") is None
+        await fails_with(errno.ENOENT, r.lookup("f"))  # never published: it does not exist
+
+    run(go, tmp_path)
+
+
+def test_a_failed_fsync_publishes_nothing_but_the_close_can_still_publish(tmp_path):
+    async def go(r: Rig):
+        fh = await r.open("f", os.O_WRONLY | os.O_CREAT, pid=A)
+        await r.write(fh, b"data", 0)
+        r.s3.fail("PutObject")
+        await fails_with(errno.EIO, r.ops.fsync(fh, False))
+        assert r.obj("f") is None
+        await r.close(fh)
+        assert r.obj("f") == b"data"
+
+    run(go, tmp_path)
+
+
+def test_a_truncate_by_path_that_failed_leaves_nothing_to_publish_later(tmp_path):
+    async def go(r: Rig):
+        await r.write_file("f", b"0123456789")
+        r.s3.fail("PutObject")
+        await fails_with(errno.EIO, r.truncate("f", 4, pid=A))
+        assert r.obj("f") == b"0123456789"
+        fh = await r.open("f", os.O_WRONLY, pid=A)  # a later close of that process
+        await r.close(fh)
+        await r.ops.shutdown()  # or the unmount
+        assert r.obj("f") == b"0123456789"
+
+    run(go, tmp_path)
+
+
+def test_unlink_during_a_publish_in_flight_is_not_undone_by_it(tmp_path):
+    async def go(r: Rig):
+        fh = await r.open("f", os.O_WRONLY | os.O_CREAT, pid=A)
+        await r.write(fh, b"data", 0)
+        r.s3.freeze("PutObject")
+        async with trio.open_nursery() as n:
+            n.start_soon(r.close, fh)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(r.unlink, "f", B)
+            await trio.testing.wait_all_tasks_blocked()
+            r.s3.thaw()
+        assert r.obj("f") is None  # rm returned 0: the file is gone, and stays gone
+        await fails_with(errno.ENOENT, r.lookup("f"))
+
+    run(go, tmp_path)
+
+
+def test_writes_to_an_unlinked_file_go_nowhere(tmp_path):
+    async def go(r: Rig):
+        fh = await r.open("f", os.O_WRONLY | os.O_CREAT, pid=A)
+        await r.write(fh, body(12 * MiB), 0)  # streaming parts
+        await r.unlink("f", pid=A)
+        await r.write(fh, b"more", 12 * MiB)
+        await r.close(fh)
+        assert r.s3.objects == {} and r.s3.uploads == {}
+
+    run(go, tmp_path)
+
+
+def test_truncating_a_closed_ingest_file_then_renaming_it_fails_cleanly(tmp_path):
+    data = body(7 * MiB, 3)
+    hexd = blob_name(data)
+
+    async def go(r: Rig):
+        await r.mkdir("lay/ingest")
+        await r.mkdir("lay/blobs/sha256")
+        await r.write_file(f"lay/ingest/{hexd}_1", data)
+        assert r.obj(f"lay/blobs/sha256/{hexd}") == data  # zero-copy: published at close
+        await r.truncate(f"lay/ingest/{hexd}_1", 3)
+        await fails_with(errno.EBADMSG, r.rename(f"lay/ingest/{hexd}_1", f"lay/blobs/sha256/{hexd}"))
+        assert r.obj(f"lay/blobs/sha256/{hexd}") == data  # the blob there is still its digest
+
+    run(go, tmp_path)
+
+
+def test_files_still_open_for_writing_at_unmount_are_not_published(tmp_path):
+    async def go(r: Rig):
+        fh = await r.open("f", os.O_WRONLY | os.O_CREAT, pid=A)
+        await r.write(fh, body(11 * MiB), 0)
+        await r.ops.shutdown()
+        assert r.s3.objects == {} and r.s3.uploads == {}
+
+    run(go, tmp_path)
+
+
+# --- item 4: the index.json merge base belongs to the process, not to an in-memory node -------
+def index(*tags: str) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + blob_name(t.encode()),
+                 "size": 1, "annotations": {"org.opencontainers.image.ref.name": t}}
+                for t in tags
+            ],
+        }
+    ).encode()
+
+
+def tags(doc: bytes | None) -> set[str]:
+    assert doc is not None
+    return {m["annotations"]["org.opencontainers.image.ref.name"] for m in json.loads(doc)["manifests"]}
+
+
+def test_a_tag_deleted_by_renaming_index_json_into_place_stays_deleted(tmp_path):
+    async def go(r: Rig):
+        await r.mkdir("repo")
+        await r.write_file("repo/index.json", index("a", "b"))
+        assert tags(await r.read_file("repo/index.json", pid=Z)) == {"a", "b"}
+        await r.write_file("repo/tmp-1", index("a"))  # zot/umoci: temp file, then rename
+        await r.rename("repo/tmp-1", "repo/index.json", pid=Z)
+        assert tags(r.obj("repo/index.json")) == {"a"}
+        r.ops.forget([(await r.lookup("repo/index.json"), 100)])  # the kernel forgets the node
+        # another mount adds a tag meanwhile
+        r.s3.seed("repo/index.json", index("a", "c"))
+        assert tags(await r.read_file("repo/index.json", pid=Z)) == {"a", "c"}
+        await r.write_file("repo/tmp-2", index("c"))  # Z deletes tag a
+        await r.rename("repo/tmp-2", "repo/index.json", pid=Z)
+        assert tags(r.obj("repo/index.json")) == {"c"}
+
+    run(go, tmp_path, metadata_ttl=0)
+
+
+def test_a_reused_pid_does_not_inherit_an_old_process_base(tmp_path):
+    from ocifs.publish import IndexBases
+
+    bases = IndexBases()
+    bases.saw((A, 1000), "k", bases.next_seq(), '"e1"', b"old")
+    assert bases.base_for((A, 1000), "k") == ('"e1"', b"old")
+    assert bases.base_for((A, 2000), "k") == ('"e1"', b"old")  # the mount's view, not A's
+    bases.saw(None, "k", bases.next_seq(), '"e2"', b"new")
+    assert bases.base_for((A, 2000), "k") == ('"e2"', b"new")
+    assert bases.base_for((A, 1000), "k") == ('"e1"', b"old")
+
+
+def test_concurrent_rewriters_of_index_json_on_one_mount_keep_every_tag(tmp_path):
+    async def go(r: Rig):
+        await r.mkdir("repo")
+        await r.write_file("repo/index.json", index("base"))
+        pids = list(range(1000, 1020))
+        for pid in pids:  # every process reads index.json first, as oras does
+            assert tags(await r.read_file("repo/index.json", pid=pid)) == {"base"}
+        async with trio.open_nursery() as n:
+            for pid in pids:
+                n.start_soon(r.write_file, "repo/index.json", index("base", f"t{pid}"), pid)
+        assert tags(r.obj("repo/index.json")) == {"base"} | {f"t{pid}" for pid in pids}
+
+    run(go, tmp_path)
+
+
+# --- item 5: an open reader gets a consistent file, never EIO for a plain replace ------------
+def test_a_reader_keeps_reading_a_file_renamed_away(tmp_path):
+    data = body(5 * MiB, 4)
+
+    async def go(r: Rig):
+        await r.write_file("f", data)
+        fh = await r.open("f", pid=B)
+        first = await r.read(fh, 0, MiB)
+        r.ops.cache.invalidate_key("f")
+        await r.rename("f", "g", pid=A)
+        assert first + await r.read(fh, MiB) == data
+        await r.close(fh)
+
+    run(go, tmp_path)
+
+
+def test_a_reader_keeps_reading_a_file_chmodded_by_this_mount(tmp_path):
+    data = body(3 * MiB, 5)
+
+    async def go(r: Rig):
+        await r.write_file("f", data)
+        fh = await r.open("f", pid=B)
+        first = await r.read(fh, 0, MiB)
+        r.ops.cache.invalidate_key("f")
+        await r.chmod("f", 0o600, pid=A)
+        assert first + await r.read(fh, MiB) == data
+
+    run(go, tmp_path)
+
+
+def test_a_file_replaced_elsewhere_mid_read_is_estale_and_before_any_read_switches(tmp_path):
+    old, new = body(3 * MiB, 6), body(4 * MiB, 7)
+
+    async def go(r: Rig):
+        await r.write_file("f", old)
+        mid = await r.open("f", pid=B)
+        fresh = await r.open("f", pid=B)
+        await r.read(mid, 0, MiB)
+        r.s3.seed("f", new)  # another mount replaced it
+        r.ops.cache.invalidate_key("f")
+        await fails_with(errno.ESTALE, r.ops.read(mid, MiB, MiB))
+        assert await r.read(fresh) == new
+
+    run(go, tmp_path, metadata_ttl=0)
+
+
+def test_a_blob_recopied_elsewhere_keeps_reading(tmp_path):
+    data = body(3 * MiB, 8)
+    hexd = blob_name(data)
+
+    async def go(r: Rig):
+        r.s3.seed(f"l/blobs/sha256/{hexd}", data)
+        fh = await r.open(f"l/blobs/sha256/{hexd}", pid=B)
+        first = await r.read(fh, 0, MiB)
+        r.s3.seed(f"l/blobs/sha256/{hexd}", data, {"x": "new etag"})
+        r.s3.objects[f"l/blobs/sha256/{hexd}"].etag = '"another"'
+        r.ops.cache.invalidate_key(f"l/blobs/sha256/{hexd}")
+        assert first + await r.read(fh, MiB) == data
+
+    run(go, tmp_path)
+
+
+# --- item 6: big files and existing objects need no whole download in one operation -----------
+def test_appending_to_an_existing_object_downloads_none_of_it(tmp_path):
+    base = body(20 * MiB, 9)
+
+    async def go(r: Rig):
+        r.s3.seed("u", base)
+        for i in range(3):  # zot's PATCH: open without O_TRUNC, write at EOF, close
+            fh = await r.open("u", os.O_WRONLY, pid=Z)
+            await r.write(fh, b"chunk%d" % i, len(base) + 6 * i)
+            await r.close(fh)
+        assert r.obj("u") == base + b"chunk0chunk1chunk2"
+        assert [c for c in r.s3.calls if c.op == "GetObject"] == []
+
+    run(go, tmp_path)
+
+
+def test_truncate_by_path_of_a_big_object_downloads_none_of_it(tmp_path):
+    base = body(30 * MiB, 10)
+
+    async def go(r: Rig):
+        r.s3.seed("big", base)
+        await r.truncate("big", 12 * MiB + 1, pid=A)
+        assert r.obj("big") == base[: 12 * MiB + 1]
+        assert [c for c in r.s3.calls if c.op == "GetObject"] == []
+
+    run(go, tmp_path)
+
+
+# --- item 8: a big index.json renamed into place reads back exactly at every offset -----------
+def test_big_index_json_renamed_into_place_reads_exactly_at_every_offset(tmp_path):
+    doc = index(*[f"tag-{i:06d}" for i in range(12000)])  # > 2 chunks of 1 MiB
+    assert len(doc) > 2 * MiB
+
+    async def go(r: Rig):
+        await r.mkdir("repo")
+        await r.write_file("repo/tmp", doc, pid=Z)
+        await r.rename("repo/tmp", "repo/index.json", pid=Z)
+        fh = await r.open("repo/index.json", pid=B)
+        for off in list(range(0, len(doc), 333_333)) + [MiB - 5, 2 * MiB - 1]:
+            assert await r.ops.read(fh, off, 700_001) == doc[off : off + 700_001], off
+        await r.close(fh)
+
+    run(go, tmp_path)
+
+
+# --- fleet safety: no single operation ends the mount -----------------------------------------
+def test_a_read_that_times_out_answers_eio_and_the_mount_lives_on(tmp_path):
+    data = body(6 * MiB, 11)
+
+    async def go(r: Rig):
+        r.s3.seed("f", data)
+        fh = await r.open("f", pid=B)
+        await r.read(fh, 0, MiB)  # read-ahead tasks start
+        r.s3.freeze("GetObject")
+        await fails_with(errno.EIO, r.ops.read(fh, 3 * MiB, MiB))
+        r.s3.thaw()
+        assert await r.read(fh, 0) == data  # the same handle, the same mount
+        await r.close(fh)
+        assert await r.read_file("f") == data
+
+    run(go, tmp_path, op_timeout=1)
+
+
+def test_a_blob_deleted_by_another_host_is_noticed_after_the_metadata_ttl(tmp_path):
+    data = b"layer"
+    key = f"app/blobs/sha256/{blob_name(data)}"
+
+    async def go(r: Rig):
+        r.s3.seed(key, data)
+        await r.lookup(key)
+        del r.s3.objects[key]  # ocifs gc on another runner
+        await trio.sleep(0.06)
+        await fails_with(errno.ENOENT, r.lookup(key))
+
+    run(go, tmp_path, metadata_ttl=0.05)
+
+
+def test_a_store_error_is_an_errno_of_the_operation(tmp_path):
+    async def go(r: Rig):
+        await r.write_file("f", b"x")
+        r.s3.fail("DeleteObject", store.Denied)
+        await fails_with(errno.EACCES, r.unlink("f"))
+        r.s3.fail("PutObject", store.NoSuchUpload)
+        fh = await r.open("g", os.O_WRONLY | os.O_CREAT)
+        await r.write(fh, b"y", 0)
+        await fails_with(errno.EIO, r.close(fh))  # a failed publish is EIO, never ENOENT
+
+    run(go, tmp_path)
+
+
+def test_names_longer_than_255_bytes_are_enametoolong(tmp_path):
+    async def go(r: Rig):
+        await fails_with(errno.ENAMETOOLONG, r.ops.lookup(pyfuse3.ROOT_INODE, b"n" * 256, Ctx(1)))
+        await fails_with(errno.ENAMETOOLONG, r.ops.create(pyfuse3.ROOT_INODE, b"n" * 256, 0o644, os.O_WRONLY, Ctx(1)))
+        await fails_with(errno.ENAMETOOLONG, r.ops.mkdir(pyfuse3.ROOT_INODE, b"d" * 300, 0o755, Ctx(1)))
+
+    run(go, tmp_path)
+
+
+def test_hostile_keys_are_hidden_and_do_not_break_listings(tmp_path):
+    async def go(r: Rig):
+        for key in ("h/a//b", "h/x/./y", "h/x/../y", "h/" + "n" * 300, "h/ok", "h/both", "h/both/child", ".ocifs/gc/marks/1.json"):
+            r.s3.seed(key, b"k")
+        root, _ = await r.ops.ns.list_dir(r.ops.ns.get(pyfuse3.ROOT_INODE))
+        assert [name for name, _ in root] == ["h"]  # .ocifs is ocifs's own
+        entries, _ = await r.ops.ns.list_dir(r.ops.ns.get(await r.lookup("h")))
+        names = [name for name, _ in entries]
+        assert names == ["a", "both", "ok", "x"]  # a//b: its 'a' directory; 300-byte name hidden
+        assert entries[1][1] is None  # both is a directory; the object 'both' is hidden
+        assert await r.read_file("h/ok") == b"k"
+        assert await r.read_file("h/both/child") == b"k"
+
+    run(go, tmp_path)
