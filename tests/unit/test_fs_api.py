@@ -306,6 +306,7 @@ def test_a_reader_keeps_reading_a_file_renamed_away(tmp_path):
         await r.write_file("f", data)
         fh = await r.open("f", pid=B)
         first = await r.read(fh, 0, MiB)
+        await trio.testing.wait_all_tasks_blocked()
         r.ops.cache.invalidate_key("f")
         await r.rename("f", "g", pid=A)
         assert first + await r.read(fh, MiB) == data
@@ -321,6 +322,7 @@ def test_a_reader_keeps_reading_a_file_chmodded_by_this_mount(tmp_path):
         await r.write_file("f", data)
         fh = await r.open("f", pid=B)
         first = await r.read(fh, 0, MiB)
+        await trio.testing.wait_all_tasks_blocked()
         r.ops.cache.invalidate_key("f")
         await r.chmod("f", 0o600, pid=A)
         assert first + await r.read(fh, MiB) == data
@@ -336,6 +338,7 @@ def test_a_file_replaced_elsewhere_mid_read_is_estale_and_before_any_read_switch
         mid = await r.open("f", pid=B)
         fresh = await r.open("f", pid=B)
         await r.read(mid, 0, MiB)
+        await trio.testing.wait_all_tasks_blocked()  # read-ahead done: then drop what it got
         r.s3.seed("f", new)  # another mount replaced it
         r.ops.cache.invalidate_key("f")
         await fails_with(errno.ESTALE, r.ops.read(mid, MiB, MiB))
