@@ -169,7 +169,7 @@ def service_dirs(tmp_path):
     force_unmount(mnt)
 
 
-def test_execstart_notify_ready_and_sigterm_flushes(s3, bucket, service_dirs):
+def test_execstart_notify_ready_and_sigterm_unmounts_cleanly(s3, bucket, service_dirs):
     require_installed("/usr/local/bin/ocifs")
     require_tool("fusermount3")
     etc, mnt, tmp = service_dirs
@@ -201,12 +201,14 @@ def test_execstart_notify_ready_and_sigterm_flushes(s3, bucket, service_dirs):
         assert os.listdir(mnt) == ["existing.txt"]  # the mount answers
         assert (mnt / "existing.txt").read_bytes() == b"from s3"
 
-        # A file still open for writing when systemd stops the service (SIGTERM).
-        data = os.urandom(3 * 1024 * 1024 + 17)
+        # A file closed before the stop is in S3; one still open for writing when systemd
+        # stops the service (SIGTERM) is not published: a file never closed never is.
+        data = os.urandom(12 * 1024 * 1024 + 17)
+        (mnt / "done.bin").write_bytes(data)
         fd = os.open(mnt / "pending.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         for i in range(0, len(data), 1 << 20):
             os.write(fd, data[i : i + (1 << 20)])
-        assert bucket.head("pending.bin") is None, "published before close/SIGTERM?"
+        assert bucket.head("pending.bin") is None, "published before close?"
         proc.send_signal(signal.SIGTERM)
         try:
             rc = proc.wait(timeout=60)
@@ -215,7 +217,11 @@ def test_execstart_notify_ready_and_sigterm_flushes(s3, bucket, service_dirs):
         notify.drain()
         assert rc == 0, f"exit status {rc} would make Restart=on-failure restart it\n" + log.read_text()[-3000:]
         assert any("STOPPING=1" in m.splitlines() for m in notify.messages), notify.messages
-        assert bucket.get("pending.bin") == data, "the open file was not published on SIGTERM"
+        assert bucket.get("done.bin") == data
+        assert bucket.head("pending.bin") is None, "a file never closed was published at SIGTERM"
+        uploads = bucket.s3.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads", [])
+        assert uploads == [], f"the stop left multipart uploads behind: {uploads}"
+        assert "pending.bin: still open for writing at unmount: not published" in log.read_text()
         assert wait_unmounted(mnt, 10), f"{mnt} still mounted after the daemon exited"
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     finally:

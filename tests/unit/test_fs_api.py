@@ -223,6 +223,23 @@ def test_truncating_a_closed_ingest_file_then_renaming_it_fails_cleanly(tmp_path
     run(go, tmp_path)
 
 
+def test_a_stop_waits_for_closes_in_flight_to_publish(tmp_path):
+    async def go(r: Rig):
+        fh = await r.open("f", os.O_WRONLY | os.O_CREAT, pid=A)
+        await r.write(fh, b"closing", 0)
+        r.s3.freeze("PutObject")
+        async with trio.open_nursery() as n:
+            n.start_soon(r.close, fh)
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(r.ops.files.drain, 30)  # SIGTERM
+            await trio.testing.wait_all_tasks_blocked()
+            assert r.ops.files.publishing() == 1
+            r.s3.thaw()
+        assert r.obj("f") == b"closing"
+
+    run(go, tmp_path)
+
+
 def test_files_still_open_for_writing_at_unmount_are_not_published(tmp_path):
     async def go(r: Rig):
         fh = await r.open("f", os.O_WRONLY | os.O_CREAT, pid=A)
