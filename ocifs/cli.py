@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--grace", type=_positive(float, 0), default=3600.0, metavar="SECONDS", help="temporary files younger than this are in use (default 3600)")
     f.add_argument("--repair", action="store_true", help="remove corrupt blobs, stale leftovers and stale multipart uploads")
 
+    d = sub.add_parser("doctor", help="check FUSE, credentials, endpoint and bucket permissions", description="Check what a mount needs, for real: /dev/fuse, fusermount3, a probe FUSE mount (and the kernel's FUSE protocol), allow_other; with s3://BUCKET[/PREFIX] also the credentials and where they come from, the endpoint and clock skew, and every kind of request a mount makes, on temporary keys under PREFIX.ocifs-doctor-* that are removed afterwards. Prints a table with a fix for each failure; exit 1 if anything failed.")
+    d.add_argument("url", nargs="?", help="s3://BUCKET[/PREFIX] to check (without it: only this machine)")
+    _s3_args(d)
+    d.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]", help="FUSE options the mount will use (checks allow_other)")
+    d.add_argument("--read-only", action="store_true", help="the mount will be --read-only: do not check writes")
+
     st = sub.add_parser("stats", help="print a mount's live counters", description="Print the live counters of the ocifs mount at MOUNTPOINT (Prometheus text).")
     st.add_argument("mountpoint", type=Path)
     st.add_argument("--watch", action="store_true", help="refresh every --interval seconds, with rates")
@@ -128,6 +134,14 @@ def cmd_tool(a: argparse.Namespace) -> int:
     if a.command == "gc":
         return tools.gc(cfg, a.grace, a.dry_run)
     return tools.fsck(cfg, a.grace, a.repair)
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from ocifs import doctor
+
+    cfg = tool_config(a) if a.url else None
+    options = [o for arg in a.options for o in arg.split(",") if o]
+    return doctor.run(cfg, options, a.read_only)
 
 
 def config_from_args(a: argparse.Namespace) -> tuple[dict[str, object], str]:
@@ -300,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_stats(a)
         if a.command in ("ls", "gc", "fsck"):
             return cmd_tool(a)
+        if a.command == "doctor":
+            return cmd_doctor(a)
         return cmd_umount(a)
     except UsageError as exc:
         print(f"ocifs: {exc}", file=sys.stderr)
