@@ -310,10 +310,11 @@ def unmounted(mount_factory, bucket, name: str):
     return m
 
 
-def mount_in(m, cwd: Path, mountpoint_arg: str, helper: bool = False, check: bool = True):
+def mount_in(m, cwd: Path, mountpoint_arg: str, helper: bool = False, ocifs: str | None = None, check: bool = True):
     """Mount ``m`` by running the real command in ``cwd``, the mountpoint spelled
-    ``mountpoint_arg`` (e.g. relative): ``ocifs mount``, or with ``helper`` mount(8)'s helper
-    ``mount.ocifs SOURCE DIR -o OPTIONS`` as mount(8) calls it."""
+    ``mountpoint_arg`` (e.g. relative): ``ocifs mount`` (``ocifs``: another installed copy),
+    or with ``helper`` mount(8)'s helper ``mount.ocifs SOURCE DIR -o OPTIONS`` as mount(8)
+    calls it."""
     from conftest import MOUNT_TIMEOUT, require_tool, run
 
     m.generation += 1
@@ -325,6 +326,7 @@ def mount_in(m, cwd: Path, mountpoint_arg: str, helper: bool = False, check: boo
     else:
         args = m.mount_args()
         args[args.index(str(m.path))] = mountpoint_arg
+        args[0] = ocifs or args[0]
     res = run(args, env=m.bucket.s3.env(), cwd=cwd, timeout=MOUNT_TIMEOUT, check=False)
     if check and (res.returncode != 0 or not is_mounted(m.path)):
         pytest.fail(f"mount in {cwd} failed\n{res.describe()}\n{m.log_tail()}", pytrace=False)
