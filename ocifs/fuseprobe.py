@@ -85,7 +85,7 @@ def probe(timeout: float = 10.0) -> KernelFuse:
         theirs.close()
         if res.returncode != 0:
             lines = (res.stderr or res.stdout).strip().splitlines() or [f"fusermount3 exited {res.returncode}"]
-            raise ProbeError(lines[-1].removeprefix("fusermount3: "))
+            raise ProbeError(lines[-1].removeprefix(f"{fusermount}: ").removeprefix("fusermount3: "))
         _, fds, _, _ = socket.recv_fds(ours, 1, 1)
         if not fds:
             raise ProbeError("fusermount3 mounted but sent no /dev/fuse descriptor back")
