@@ -1,7 +1,7 @@
 """The bucket half of ``ocifs doctor``: every kind of S3 request a mount makes, made for real.
 
 All writes go to keys under ``<prefix>.ocifs-doctor-<uuid>/`` (a name no OCI client uses),
-and :func:`_cleanup` removes whatever is left there, multipart uploads included, whatever
+and :meth:`Probe.cleanup` removes whatever is left there, multipart uploads included, whatever
 failed before it. Requests go through the mount's own client (:class:`ocifs.s3.S3`), so
 the answers are the ones a mount would get. A check that depends on an earlier one (copy
 needs the object put) is skipped, not failed, when that one failed: one cause, one FAIL.
@@ -75,7 +75,8 @@ class Probe:
     # --- the checks ---------------------------------------------------------------------------
     async def list(self) -> str:
         page = await self.s3.list_page(self.cfg.prefix, delimiter=None, max_keys=10)
-        keys = [o.key for o in page.objects if not o.key.startswith(self.cfg.prefix + ".ocifs-")]
+        # something to read when we may not write: not ours, not empty (a ranged GET needs a byte)
+        keys = [o.key for o in page.objects if o.size and not o.key.startswith(self.cfg.prefix + ".ocifs-")]
         self.some_key = keys[0] if keys else None
         return f"ListObjectsV2 {self.cfg.prefix or '(bucket root)'}: {len(page.objects)}{'+' if page.next_token else ''} keys"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TOOLS, VENV_BIN, is_mounted
+from conftest import MOUNT_TIMEOUT, REPO, TOOLS, VENV_BIN, is_mounted, require_tool, run
 
 SYSTEMD_DIR = REPO / "systemd"
 EXAMPLES_DIR = REPO / "examples"
@@ -315,8 +315,6 @@ def mount_in(m, cwd: Path, mountpoint_arg: str, helper: bool = False, ocifs: str
     ``mountpoint_arg`` (e.g. relative): ``ocifs mount`` (``ocifs``: another installed copy),
     or with ``helper`` mount(8)'s helper ``mount.ocifs SOURCE DIR -o OPTIONS`` as mount(8)
     calls it."""
-    from conftest import MOUNT_TIMEOUT, require_tool, run
-
     m.generation += 1
     m.cache_dir.mkdir(parents=True)
     m.log_files.append(m.log_file)

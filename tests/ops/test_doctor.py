@@ -14,6 +14,7 @@ import pytest
 from conftest import ocifs_bin, run
 
 from reliability.harness import assume_role
+from reliability.test_hostile import read_only_policy
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,17 +46,6 @@ def table(stdout: str) -> dict[str, tuple[str, str, str]]:
             assert last and line.strip().startswith("fix: "), f"unexpected line {line!r}"
             rows[last] = (*rows[last][:2], line.strip()[5:])
     return rows
-
-
-def read_only_policy(bucket_name: str) -> dict:
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
-            "Resource": [f"arn:aws:s3:::{bucket_name}", f"arn:aws:s3:::{bucket_name}/*"],
-        }],
-    }
 
 
 def leftovers(bucket) -> tuple[list[str], list[str]]:

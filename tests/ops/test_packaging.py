@@ -27,9 +27,8 @@ VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["versi
 NOT_SOURCE = shutil.ignore_patterns(".venv", ".tools", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache")
 
 
-def sh(args, **kw) -> subprocess.CompletedProcess:
-    res = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=kw.pop("timeout", 400), **kw)
-    return res
+def sh(args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=400)
 
 
 @pytest.fixture(scope="module")

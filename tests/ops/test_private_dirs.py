@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, is_mounted, require_tool, run
+from conftest import REPO, is_mounted, require_tool
+
+from .opslib import mount_in
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -109,10 +111,7 @@ def test_staging_dir_of_another_user_stops_the_mount_with_one_line(bucket, mount
     os.chmod(shared, 0o1777)
     os.chown(shared / "staging", OTHER_UID, OTHER_UID)
     m.extra_args = ["--cache-dir", str(shared)]
-    m.generation += 1
-    m.cache_dir.mkdir()
-    m.log_files.append(m.log_file)
-    res = run(m.mount_args(), env=bucket.s3.env(), timeout=60, check=False)
+    res = mount_in(m, cwd=m.workdir, mountpoint_arg=str(m.path), check=False)
     assert res.returncode == 1, res.describe()
     assert res.stderr == (
         f"ocifs: refusing to use {shared / 'staging'}: it is owned by uid {OTHER_UID}, not {os.geteuid()}; "
