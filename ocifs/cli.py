@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO, Any
 
 from ocifs import __version__, errors, store
 from ocifs import settings
@@ -103,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--grace", type=_positive(float, 0), default=3600.0, metavar="SECONDS", help="temporary files younger than this are in use (default 3600)")
     f.add_argument("--repair", action="store_true", help="remove corrupt blobs, stale leftovers and stale multipart uploads")
 
+    d = sub.add_parser("doctor", help="check FUSE, credentials, endpoint and bucket permissions", description="Check what a mount needs, for real: /dev/fuse, fusermount3, a probe FUSE mount (and the kernel's FUSE protocol), allow_other; with s3://BUCKET[/PREFIX] also the credentials and where they come from, the endpoint and clock skew, and every kind of request a mount makes, on temporary keys under PREFIX.ocifs-doctor-* that are removed afterwards. Prints a table with a fix for each failure; exit 1 if anything failed.")
+    d.add_argument("url", nargs="?", help="s3://BUCKET[/PREFIX] to check (without it: only this machine)")
+    _s3_args(d)
+    d.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT]", help="FUSE options the mount will use (checks allow_other)")
+    d.add_argument("--read-only", action="store_true", help="the mount will be --read-only: do not check writes")
+
     st = sub.add_parser("stats", help="print a mount's live counters", description="Print the live counters of the ocifs mount at MOUNTPOINT (Prometheus text).")
     st.add_argument("mountpoint", type=Path)
     st.add_argument("--watch", action="store_true", help="refresh every --interval seconds, with rates")
@@ -127,6 +134,14 @@ def cmd_tool(a: argparse.Namespace) -> int:
     if a.command == "gc":
         return tools.gc(cfg, a.grace, a.dry_run)
     return tools.fsck(cfg, a.grace, a.repair)
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from ocifs import doctor
+
+    cfg = tool_config(a) if a.url else None
+    options = [o for arg in a.options for o in arg.split(",") if o]
+    return doctor.run(cfg, options, a.read_only)
 
 
 def config_from_args(a: argparse.Namespace) -> tuple[dict[str, object], str]:
@@ -154,11 +169,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+def open_log(path: Path, mode: str = "ab") -> IO[Any]:
+    """Open a log file for appending, never through a symlink: the default log lives in
+    --cache-dir, which may be a directory others can write (``--cache-dir /tmp``)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise errors.OcifsError(f"cannot open log file {path}: {exc.strerror}") from None
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "buffering": 1}))
+
+
 def setup_logging(level: str, log_file: Path | None, fmt: str = "text") -> None:
     handler: logging.Handler
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
+        handler = logging.StreamHandler(open_log(log_file, "a"))
     else:
         handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -204,9 +229,9 @@ def _spawn_daemon(a: argparse.Namespace, cfg: Config, mountpoint: Path) -> int:
     log_file = cfg.log_file or (cfg.cache_dir / "ocifs.log")
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "ocifs"] + _daemon_argv(a.argv) + ["--foreground", "--ready-fd", str(w)]
+    argv = daemon_command() + _daemon_argv(a.argv) + ["--foreground", "--ready-fd", str(w)]
     argv += ["--log-file", str(log_file)] if a.log_file is None else []
-    with open(os.devnull, "rb") as devnull, open(log_file, "ab") as logf:
+    with open(os.devnull, "rb") as devnull, open_log(log_file) as logf:
         proc = subprocess.Popen(
             argv, stdin=devnull, stdout=logf, stderr=logf, pass_fds=(w,), start_new_session=True, close_fds=True
         )
@@ -219,6 +244,18 @@ def _spawn_daemon(a: argparse.Namespace, cfg: Config, mountpoint: Path) -> int:
     if line.startswith("ERR "):
         raise errors.OcifsError(line[4:])
     raise errors.OcifsError(f"the mount daemon exited ({proc.returncode}) before the mount was ready; see {log_file}")
+
+
+def daemon_command() -> list[str]:
+    """How to start this ocifs again as the mount daemon.
+
+    ``python -m ocifs`` alone would put the current directory first on sys.path: an
+    ``./ocifs`` directory (a mountpoint named ocifs, or a planted ``ocifs/__main__.py`` in a
+    directory others can write, run as root) would be imported instead of ocifs. ``-P``
+    (Python 3.11+) leaves it out and changes nothing else: site-packages (with its editable
+    install hooks), the user site and PYTHONPATH still find the ocifs this process runs.
+    """
+    return [sys.executable, "-P", "-m", "ocifs"]
 
 
 def _daemon_argv(argv: list[str]) -> list[str]:
@@ -277,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_stats(a)
         if a.command in ("ls", "gc", "fsck"):
             return cmd_tool(a)
+        if a.command == "doctor":
+            return cmd_doctor(a)
         return cmd_umount(a)
     except UsageError as exc:
         print(f"ocifs: {exc}", file=sys.stderr)

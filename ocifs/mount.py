@@ -11,6 +11,7 @@ import pyfuse3
 import trio
 
 from ocifs import errors, metrics
+from ocifs.cachedir import prepare_cache_dir
 from ocifs.config import Config
 from ocifs.fs import Operations
 from ocifs.runtime import check_fuse_options, mounted_paths, pid_file, stats_socket
@@ -24,18 +25,6 @@ log = logging.getLogger(__name__)
 READ_AHEAD_KB = 1024
 # Seconds between malloc_trim calls (see _trim_malloc).
 MALLOC_TRIM_INTERVAL = 2.0
-
-
-def prepare_cache_dir(cfg: Config) -> None:
-    for d in (cfg.cache_dir, cfg.staging_dir):
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
-    leftovers = list(cfg.staging_dir.iterdir())
-    if leftovers:
-        log.warning(
-            "staging dir %s holds %d file(s) from an earlier run that did not finish; "
-            "they were not published", cfg.staging_dir, len(leftovers)
-        )
 
 
 def fuse_options(cfg: Config) -> set[str]:

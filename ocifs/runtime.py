@@ -8,21 +8,77 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from ocifs import errors
 
 
 def runtime_dir() -> Path:
-    if os.getuid() == 0:
-        base = Path("/run/ocifs")
-    else:
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/ocifs-{os.getuid()}") / "ocifs"
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return base
+    """Where pid files and stats sockets live: /run/ocifs for root, else
+    $XDG_RUNTIME_DIR/ocifs, else /tmp/ocifs-<uid>/ocifs.
+
+    /tmp is writable by everyone: another user could have made /tmp/ocifs-<uid> first (or a
+    symlink by that name) to read our sockets or have us write pid files where they point.
+    Every directory of ours on the way is therefore made, or checked, with :func:`private_dir`.
+    """
+    uid = os.geteuid()
+    if uid == 0:
+        return private_dir(Path("/run/ocifs"), uid)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return private_dir(Path(xdg) / "ocifs", uid)
+    hint = "remove it, or set XDG_RUNTIME_DIR to a directory of yours"
+    return private_dir(private_dir(Path(f"/tmp/ocifs-{uid}"), uid, hint) / "ocifs", uid, hint)
+
+
+def private_dir_problem(st: os.stat_result, uid: int) -> str | None:
+    """Why a directory with this lstat() result is not safe to keep private files in (None:
+    it is). A mode looser than 0700 is not a problem here: the owner can tighten it."""
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symlink"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid != uid:
+        return f"it is owned by uid {st.st_uid}, not {uid}"
+    return None
+
+
+def private_dir(path: Path, uid: int, hint: str = "remove it") -> Path:
+    """Create ``path`` (mode 0700), or accept an existing one only if it is a real directory
+    owned by ``uid``; then make sure its mode is 0700. Raises OcifsError (one line) otherwise.
+
+    The checks run on an O_NOFOLLOW descriptor, so the directory checked is the one whose
+    mode is set, even if the name is swapped for a symlink in between.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise errors.OcifsError(f"cannot create directory {path}: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        try:
+            problem = private_dir_problem(os.lstat(path), uid) or exc.strerror
+        except OSError:
+            problem = exc.strerror
+        raise errors.OcifsError(f"refusing to use {path}: {problem}; {hint}") from None
+    try:
+        st = os.fstat(fd)
+        problem = private_dir_problem(st, uid)
+        if problem:
+            raise errors.OcifsError(f"refusing to use {path}: {problem}; {hint}")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
 
 
 def pid_file(mountpoint: Path) -> Path:
@@ -34,16 +90,44 @@ def stats_socket(mountpoint: Path) -> Path:
     return pid_file(mountpoint).with_suffix(".sock")
 
 
+class MountEntry(NamedTuple):
+    """One line of /proc/self/mounts (fields in the kernel's order)."""
+
+    source: str
+    mountpoint: str
+    fstype: str
+    options: str
+
+
+# The kernel (fs/proc_namespace.c) writes these four bytes of a field as \ooo octal:
+# space, tab, newline, backslash. Every other byte is the path's own (UTF-8 or not).
+_MOUNT_ESCAPES = re.compile(rb"\\(040|011|012|134)")
+
+
+def unescape_mount_field(field: bytes) -> str:
+    """A /proc/*/mounts field as the str ``os.fsdecode`` would give for the same path."""
+    raw = _MOUNT_ESCAPES.sub(lambda m: bytes([int(m.group(1), 8)]), field)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_mounts(data: bytes) -> list[MountEntry]:
+    """The entries of a /proc/*/mounts text (lines with fewer than four fields are skipped)."""
+    out = []
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        if len(fields) >= 4:
+            out.append(MountEntry(*(unescape_mount_field(f) for f in fields[:4])))
+    return out
+
+
+def mount_table() -> list[MountEntry]:
+    with open("/proc/self/mounts", "rb") as f:
+        return parse_mounts(f.read())
+
+
 def mounted_paths() -> dict[str, str]:
     """Mountpoint -> filesystem type, from /proc/self/mounts."""
-    out: dict[str, str] = {}
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3:
-                mp = parts[1].encode().decode("unicode_escape")
-                out[mp] = parts[2]
-    return out
+    return {e.mountpoint: e.fstype for e in mount_table()}
 
 
 def check_mountpoint(mountpoint: Path) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
+from ocifs import runtime
+
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / ".tools" / "bin"
 VENV_BIN = REPO / ".venv" / "bin"
@@ -172,29 +174,11 @@ def oras(*args, cwd=None, timeout: float = 600, check: bool = True) -> Result:
 # --------------------------------------------------------------------------- mounts
 
 
-def _unescape_mount_field(s: str) -> str:
-    # /proc/mounts escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_entries(path) -> list[list[str]]:
-    """The /proc/mounts entries whose mountpoint is ``path``."""
+def mount_entries(path) -> list[runtime.MountEntry]:
+    """The /proc/self/mounts entries whose mountpoint is ``path`` (ocifs's own parser, so the
+    tests and ``ocifs umount`` agree on what is mounted)."""
     target = os.path.realpath(str(path))
-    found = []
-    with open("/proc/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 3 and _unescape_mount_field(fields[1]) == target:
-                found.append(fields)
-    return found
+    return [e for e in runtime.mount_table() if e.mountpoint == target]
 
 
 def is_mounted(path) -> bool:

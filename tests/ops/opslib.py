@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TOOLS, VENV_BIN, is_mounted
+from conftest import MOUNT_TIMEOUT, REPO, TOOLS, VENV_BIN, is_mounted, require_tool, run
 
 SYSTEMD_DIR = REPO / "systemd"
 EXAMPLES_DIR = REPO / "examples"
@@ -296,3 +296,36 @@ class MiniYAML:
 
 def quote(s) -> str:
     return shlex.quote(str(s))
+
+
+# --------------------------------------------------------------------------- mounts by hand
+
+
+def unmounted(mount_factory, bucket, name: str):
+    """A ``Mount`` whose mountpoint is ``<its workdir>/<name>``, not mounted yet: the fixture
+    still tears it down (``ocifs umount``, lazy unmount as a last resort, workdir removed)."""
+    m = mount_factory(bucket, mount=False)
+    m.path = m.workdir / name
+    m.path.mkdir(exist_ok=True)
+    return m
+
+
+def mount_in(m, cwd: Path, mountpoint_arg: str, helper: bool = False, ocifs: str | None = None, check: bool = True):
+    """Mount ``m`` by running the real command in ``cwd``, the mountpoint spelled
+    ``mountpoint_arg`` (e.g. relative): ``ocifs mount`` (``ocifs``: another installed copy),
+    or with ``helper`` mount(8)'s helper ``mount.ocifs SOURCE DIR -o OPTIONS`` as mount(8)
+    calls it."""
+    m.generation += 1
+    m.cache_dir.mkdir(parents=True)
+    m.log_files.append(m.log_file)
+    if helper:
+        opts = f"endpoint_url={m.bucket.s3.endpoint},cache_dir={m.cache_dir},log_file={m.log_file}"
+        args = [require_tool(VENV_BIN / "mount.ocifs"), m.bucket.url, mountpoint_arg, "-o", opts]
+    else:
+        args = m.mount_args()
+        args[args.index(str(m.path))] = mountpoint_arg
+        args[0] = ocifs or args[0]
+    res = run(args, env=m.bucket.s3.env(), cwd=cwd, timeout=MOUNT_TIMEOUT, check=False)
+    if check and (res.returncode != 0 or not is_mounted(m.path)):
+        pytest.fail(f"mount in {cwd} failed\n{res.describe()}\n{m.log_tail()}", pytrace=False)
+    return res

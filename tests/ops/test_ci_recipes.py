@@ -1,9 +1,9 @@
 """examples/ci: the mount / push / unmount shell of each CI recipe, run for real against MinIO.
 
-The YAML is read with a small subset parser (PyYAML is not in the venv); install steps
-(apt-get, pip, downloading oras) are skipped: this environment already has ocifs
-(.venv) and the pinned oras (.tools/bin) on PATH. Secrets reach the steps exactly as the CI
-system would give them: through the ``env:`` / ``variables:`` mappings of the recipe.
+The YAML is read with a small subset parser (PyYAML is not in the venv). The recipes run in
+the ocifs runner image (Containerfile); here the steps run on this machine, which has the same
+tools: ocifs (.venv) and the pinned oras (.tools/bin) on PATH. Secrets reach the steps exactly
+as the CI system would give them: through the ``env:`` / ``variables:`` mappings of the recipe.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import hashlib
 import json
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from conftest import force_unmount, is_mounted, oras_bin, ocifs_bin
+from conftest import REPO, force_unmount, is_mounted, oras_bin, ocifs_bin
 
 from .opslib import EXAMPLES_DIR, MiniYAML, tools_path
 
@@ -231,3 +232,18 @@ def test_recipes_parse_and_keep_secrets_out_of_the_scripts():
     for step in job["steps"]:
         # secrets only through env:, never pasted into a shell script
         assert "secrets." not in step.get("run", ""), step.get("name")
+
+
+def test_recipes_run_in_the_runner_image_with_what_fuse_needs():
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    [job] = MiniYAML.load(GHA.read_text())["jobs"].values()
+    assert job["container"]["image"].endswith(f"/ocifs-runner:{version}"), job["container"]
+    for flag in ("--device /dev/fuse", "--cap-add SYS_ADMIN", "--security-opt apparmor=unconfined"):
+        assert flag in job["container"]["options"], job["container"]
+    installs = [s.get("name") for s in job["steps"] if re.search(r"apt-get|pip install|curl", s.get("run", ""))]
+    assert not installs, f"the image has the tools; steps still install: {installs}"
+    gitlab = MiniYAML.load(GITLAB.read_text())
+    assert gitlab["push-oci"]["image"].endswith(f"/ocifs-runner:{version}") and "before_script" not in gitlab["push-oci"]
+    # GitLab takes container flags from the runner's config, not the job: the recipe says which
+    text = GITLAB.read_text()
+    assert 'devices = ["/dev/fuse"]' in text and 'cap_add = ["SYS_ADMIN"]' in text and "apparmor:unconfined" in text
