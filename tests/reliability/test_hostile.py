@@ -256,17 +256,17 @@ def test_bad_flag_values_give_one_clear_error_line(bucket, tmp_path, flags, ment
 # --------------------------------------------------------------------------- security
 
 
-def test_cache_and_staging_dirs_are_0700(bucket, fault_mount_factory, tmp_path):
+def test_staging_dir_is_0700_and_a_given_cache_dir_keeps_its_mode(bucket, fault_mount_factory, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o755)
-    os.chmod(cache, 0o755)  # a pre-existing, too open cache dir is tightened
+    os.chmod(cache, 0o755)  # the user's directory (think --cache-dir /tmp): never chmodded
     m = fault_mount_factory(bucket, cache_dir=cache)
     fd = os.open(m.path / "open.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.write(fd, b"x" * 4096)
-        for d in (cache, cache / "staging"):
-            mode = stat.S_IMODE(os.stat(d).st_mode)
-            assert mode == 0o700, f"{d} has mode {mode:o}, expected 700"
+        assert stat.S_IMODE(os.stat(cache).st_mode) == 0o755
+        mode = stat.S_IMODE(os.stat(cache / "staging").st_mode)
+        assert mode == 0o700, f"staging has mode {mode:o}, expected 700"
         for f in (cache / "staging").iterdir():
             mode = stat.S_IMODE(os.stat(f).st_mode)
             assert mode & 0o077 == 0, f"staging file {f} has mode {mode:o}: readable by others"
