@@ -89,7 +89,7 @@ geesefs_tool() {  # `replace` directives in its go.mod: `go install` cannot buil
     src_tool geesefs "$GEESEFS_REF" "$GEESEFS_COMMIT" https://github.com/yandex-cloud/geesefs - . ""
 }
 
-[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0  # sourced: definitions only
+(return 0 2>/dev/null) && return 0  # sourced: definitions only
 mkdir -p "$TOOLS"
 
 # --- Debian packages ---------------------------------------------------------
