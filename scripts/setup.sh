@@ -56,7 +56,7 @@ src_tool() {
     local tmp archive=${OCIFS_VENDOR_DIR:+$(realpath -m "$OCIFS_VENDOR_DIR/$name-$ref.tar.gz")} why=
     tmp=$(mktemp -d)
     if [ "$mod" != - ] && why=$(cd "$tmp" && GOFLAGS=-mod=mod timeout 60 go mod download "$mod@$commit" 2>&1); then
-        log "go install $mod${pkg#.}@$commit"
+        log "go install $mod${pkg#.}@$commit"  # names the binary after the package: $name
         GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS=-mod=mod go install -trimpath -ldflags "$ldflags" "$mod${pkg#.}@$commit"
     elif [ -f "$archive" ]; then
         log "go build $name from $archive"
@@ -68,15 +68,19 @@ src_tool() {
         why=${why%%$'\n'*}; why=${why##*: }  # the end of go's first line is the proxy's answer
         if [ "$mod" = - ]; then why="$name $ref is not go-installable"
         else why="the Go module proxy refused $mod@$commit (${why:-no answer in 60 s})"; fi
-        log "$why, and there is no $name-$ref.tar.gz in OCIFS_VENDOR_DIR=${OCIFS_VENDOR_DIR:-(unset)}: set OCIFS_VENDOR_DIR to a directory holding one, made with: git clone $repo $name-src && git -C $name-src archive --prefix=$name-$ref/ -o \"\$PWD/$name-$ref.tar.gz\" $commit"
+        local make="git clone $repo $name-src && git -C $name-src archive --prefix=$name-$ref/ -o \"\$PWD/$name-$ref.tar.gz\" $commit"
+        log "$why, and there is no $name-$ref.tar.gz in OCIFS_VENDOR_DIR=${OCIFS_VENDOR_DIR:-(unset)}:" \
+            "set OCIFS_VENDOR_DIR to a directory holding one, made with: $make"
         exit 1
     fi
     mv -f "$tmp/$name" "$TOOLS/$name"
     rm -rf "$tmp"
     echo "$name@$ref $commit" >"$stampf"
 }
-zot_tool() {  # v2.1.9's go.mod still says `module zotregistry.dev/zot` (the /v2 path came after, zot
-    # PR #3462), so no proxy can serve zotregistry.dev/zot/v2@v2.1.9; minimal build, as `make binary-minimal`
+# zot v2.1.9's go.mod still says `module zotregistry.dev/zot` (the /v2 path came later, zot PR #3462),
+# so no proxy can serve zotregistry.dev/zot/v2@v2.1.9. A minimal build (no extensions), as upstream's
+# `make binary-minimal`: the local and S3 storage drivers are in.
+zot_tool() {
     local cfg=zotregistry.dev/zot/pkg/api/config
     src_tool zot "$ZOT_REF" "$ZOT_COMMIT" https://github.com/project-zot/zot - ./cmd/zot \
         "-X $cfg.ReleaseTag=$ZOT_REF -X $cfg.Commit=$ZOT_REF-0-g${ZOT_COMMIT:0:7} -X $cfg.BinaryType=minimal"
@@ -85,7 +89,8 @@ goofys_tool() {
     src_tool goofys "$GOOFYS_REF" "$GOOFYS_COMMIT" https://github.com/kahing/goofys github.com/kahing/goofys . \
         "-X main.Version=$GOOFYS_COMMIT"
 }
-geesefs_tool() {  # `replace` directives in its go.mod: `go install` cannot build it anywhere
+# geesefs's go.mod has `replace` directives, so `go install` cannot build it anywhere.
+geesefs_tool() {
     src_tool geesefs "$GEESEFS_REF" "$GEESEFS_COMMIT" https://github.com/yandex-cloud/geesefs - . ""
 }
 
