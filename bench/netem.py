@@ -19,7 +19,10 @@ from pathlib import Path
 from bench.common import CLEANUP, free_port, stop_process, tool
 
 # name -> list of toxics; every profile is applied to both directions where it says so.
+# "toxics": None means no proxy at all: clients talk to MinIO directly.
 PROFILES: dict[str, dict] = {
+    "loopback": {"doc": "no proxy: MinIO straight over loopback (no emulated latency or bandwidth, no proxy CPU)",
+                 "toxics": None},
     "local": {"doc": "toxiproxy with no toxics (loopback speed, the proxy's own cost only)", "toxics": []},
     "cloud": {
         "doc": "25 ms to first byte of every response, 90 MB/s per connection each way (one S3 connection)",

@@ -7,12 +7,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.common import MiB, median
+from bench.targets import ALL, FUSE
 
 LATENCY = {"meta-tags", "meta-list", "meta-manifest"}
 ORDER = ["push", "pull-cold", "pull-warm", "fio-seqwrite", "fio-seqread", "randread",
          "meta-tags", "meta-list", "meta-manifest"]
-FUSE = ["ocifs", "s3fs", "rclone", "goofys"]
-TARGET_ORDER = ["ocifs", "s3fs", "rclone", "goofys", "raw", "s5cmd"]
+TARGET_ORDER = list(ALL)
 
 
 def load(out: Path) -> tuple[list[dict], dict]:

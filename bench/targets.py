@@ -300,13 +300,12 @@ class Rclone(ForegroundFuse):
 
 
 class Goofys(ForegroundFuse):
+    """goofys has no knob for parallelism or part size (both are built in), so only the endpoint."""
+
     name = "goofys"
 
     def missing(self):
-        if tool("goofys"):
-            return None
-        return ("goofys binary not found on PATH or in .tools/bin (the Go module proxy refuses "
-                "github.com/kahing/goofys here): goofys target SKIPPED")
+        return None if tool("goofys") else "goofys not installed in .tools/bin: run scripts/setup.sh"
 
     def version(self):
         return _first_line([tool("goofys") or "goofys", "--version"])
@@ -319,6 +318,34 @@ class Goofys(ForegroundFuse):
 
     def command(self, mp):
         return [tool("goofys"), "-f", *self.args(), self.ctx.bucket, str(mp)], self.ctx.endpoint.env()
+
+
+class Geesefs(ForegroundFuse):
+    name = "geesefs"
+
+    def missing(self):
+        return None if tool("geesefs") else "geesefs not installed in .tools/bin: run scripts/setup.sh"
+
+    def version(self):
+        return _first_line([tool("geesefs") or "geesefs", "--version"])
+
+    def args(self) -> list[str]:
+        c = self.ctx
+        return [
+            "--endpoint", c.endpoint.url, "--region", c.endpoint.region,
+            # parallelism and part size equal to ocifs's (defaults: 16 flushers, 8 parallel
+            # parts, 5 MB single-part limit, parts of 5 MB then 25 MB then 125 MB)
+            "--max-flushers", str(c.concurrency), "--max-parallel-parts", str(c.concurrency),
+            "--single-part", str(c.part_size_mib), "--part-sizes", str(c.part_size_mib),
+            # large sequential reads are fetched in parallel chunks of this size (default 20 MiB)
+            "--read-ahead-parallel", str(c.part_size_mib * 1024),
+        ]
+
+    def flags(self):
+        return "-f " + " ".join(self.args()[4:])
+
+    def command(self, mp):
+        return [tool("geesefs"), "-f", *self.args(), self.ctx.bucket, str(mp)], self.ctx.endpoint.env()
 
 
 # --------------------------------------------------------------------------- raw
@@ -360,5 +387,5 @@ class S5cmd(Target):
         return f"--numworkers {self.ctx.concurrency} cp {' '.join(self.cp_args())}"
 
 
-ALL = {"ocifs": Ocifs, "s3fs": S3fs, "rclone": Rclone, "goofys": Goofys, "raw": Raw, "s5cmd": S5cmd}
-FUSE = ("ocifs", "s3fs", "rclone", "goofys")
+ALL = {"ocifs": Ocifs, "s3fs": S3fs, "rclone": Rclone, "goofys": Goofys, "geesefs": Geesefs, "raw": Raw, "s5cmd": S5cmd}
+FUSE = ("ocifs", "s3fs", "rclone", "goofys", "geesefs")
