@@ -92,17 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     _s3_args(ls)
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
-    g = sub.add_parser("gc", help="delete unreachable blobs", description="Delete blobs that nothing in index.json reaches (manifests, indexes, configs, layers, subjects, referrers). Blobs younger than --grace are kept, so pushes in flight are safe.")
+    g = sub.add_parser(
+        "gc",
+        help="delete unreachable blobs (mark now, sweep after --grace)",
+        description="Two phases, safe with pushes in flight through ocifs mounts on any host: each run "
+        "condemns the blobs nothing in index.json reaches (manifests, indexes, configs, layers, subjects, "
+        "referrers) in a mark under PREFIX/.ocifs/gc/, and deletes the blobs of marks older than --grace "
+        "that are still unreachable and that no mount has kept since (a mount keeps a condemned blob "
+        "when a client checks it or publishes it). Run it periodically (cron). --grace 0 marks and "
+        "sweeps in one run: UNSAFE while anything writes to the bucket.",
+    )
     g.add_argument("url", help="s3://BUCKET[/PREFIX]")
     _s3_args(g)
-    g.add_argument("--grace", type=_positive(float, 0), default=3600.0, metavar="SECONDS", help="keep blobs younger than this (default 3600)")
-    g.add_argument("--dry-run", action="store_true", help="show what would be deleted and how many bytes")
+    g.add_argument("--grace", type=_positive(float, 0), default=3600.0, metavar="SECONDS", help="sweep marks at least this old; longer than your longest push (default 3600; 0: mark and sweep now, unsafe with concurrent writers)")
+    g.add_argument("--dry-run", action="store_true", help="write nothing; show what would be condemned and what would be deleted")
 
     f = sub.add_parser("fsck", help="check blob digests, references and leftovers", description="Check every blob's digest, dangling references, stale temporary files (ingest/, .uploads/, oci-put-blob*, .umoci-*) and incomplete multipart uploads. Exit 1 if problems remain.")
     f.add_argument("url", help="s3://BUCKET[/PREFIX]")
     _s3_args(f)
-    f.add_argument("--grace", type=_positive(float, 0), default=3600.0, metavar="SECONDS", help="temporary files younger than this are in use (default 3600)")
-    f.add_argument("--repair", action="store_true", help="remove corrupt blobs, stale leftovers and stale multipart uploads")
+    f.add_argument("--grace", type=_positive(float, 0), default=3600.0, metavar="SECONDS", help="temporary files and multipart uploads active this recently are in use (default 3600)")
+    f.add_argument("--repair", action="store_true", help="remove corrupt blobs, stale leftovers and multipart uploads with no part for --grace seconds")
 
     d = sub.add_parser("doctor", help="check FUSE, credentials, endpoint and bucket permissions", description="Check what a mount needs, for real: /dev/fuse, fusermount3, a probe FUSE mount (and the kernel's FUSE protocol), allow_other; with s3://BUCKET[/PREFIX] also the credentials and where they come from, the endpoint and clock skew, and every kind of request a mount makes, on temporary keys under PREFIX.ocifs-doctor-* that are removed afterwards. Prints a table with a fix for each failure; exit 1 if anything failed.")
     d.add_argument("url", nargs="?", help="s3://BUCKET[/PREFIX] to check (without it: only this machine)")

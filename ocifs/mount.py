@@ -14,6 +14,7 @@ from ocifs import errors, metrics
 from ocifs.cachedir import prepare_cache_dir
 from ocifs.config import Config
 from ocifs.fs import Operations
+from ocifs.gcmarks import GcMarks, GuardedStore
 from ocifs.runtime import check_fuse_options, mounted_paths, pid_file, stats_socket
 from ocifs.s3 import S3
 
@@ -89,7 +90,11 @@ def run(cfg: Config, mountpoint: Path, ready_fd: int | None = None) -> None:
         s3.open_blocking()
         s3.check_bucket_blocking()
         prepare_cache_dir(cfg)
-        ops = Operations(cfg, s3)
+        # gc: keeps for condemned blobs on lookup and on publish (a read-only mount has no
+        # clients that could reuse one). slack: how far Node.fetched may lag its HEAD/LIST.
+        marks = None if cfg.read_only else GcMarks(s3, cfg.metadata_ttl, slack=75.0 + cfg.metadata_ttl)
+        ops = Operations(cfg, s3 if marks is None else GuardedStore(s3, marks))
+        ops.ns.gc_marks = marks
         try:
             pyfuse3.init(ops, str(mountpoint), fuse_options(cfg))
         except RuntimeError as exc:
@@ -115,6 +120,8 @@ async def _serve(ops: Operations, s3: S3, cfg: Config, mountpoint: Path, ready_f
         if not cfg.read_only:
             with trio.move_on_after(60):
                 await ops.publisher.probe_conditional_writes()
+            if ops.publisher.writes_denied:
+                ops.ns.gc_marks = None  # cannot write keeps, and its clients cannot push
         nursery.start_soon(_on_signals, ops)
         nursery.start_soon(_trim_malloc)
         nursery.start_soon(metrics.serve, stats_socket(mountpoint), ops.counters)

@@ -27,6 +27,7 @@ import trio
 from ocifs import errors, store
 from ocifs.config import Config
 from ocifs.content import Version
+from ocifs.gcmarks import GcMarks
 from ocifs.layout import basename, hidden_reason, is_blob_path, join, parent_of
 from ocifs.store import ObjectInfo, ObjectStore
 
@@ -166,6 +167,8 @@ class Namespace:
         self._warned: cachetools.LRUCache[str, bool] = cachetools.LRUCache(10_000)
         # Directories whose marker object ("dir/") this mount knows to exist.
         self.markers: set[str] = set()
+        # gc: keep condemned blobs before saying they exist (set by the mount; None read-only).
+        self.gc_marks: GcMarks | None = None
         root = Node(ROOT_INODE, "", True, self.dir_mode)
         root.lookups = 1
         self.nodes[ROOT_INODE] = root
@@ -261,6 +264,25 @@ class Namespace:
 
     # --- lookups ----------------------------------------------------------------------------
     async def lookup(self, parent: Node, name: str) -> Node:
+        node = await self._lookup(parent, name)
+        if self.gc_marks is not None and node.immutable:
+            # A client checks that a blob exists before reusing it: keep it from pending gc
+            # marks first, and ask S3 again if a sweep may have deleted it since we knew it.
+            if not await self.gc_marks.keep_if_condemned(self.key(node.path), node.fetched):
+                node = await self._recheck(node)
+        return node
+
+    async def _recheck(self, node: Node) -> Node:
+        started = time.monotonic()
+        try:
+            info = await self.s3.head(self.key(node.path))
+        except store.NotFound:
+            self.note_removed(node.path)
+            self._forget_missing(node.path)
+            raise errors.NotFound(node.path) from None
+        return self.node_for(node.path, info, started)
+
+    async def _lookup(self, parent: Node, name: str) -> Node:
         if not parent.is_dir:
             raise errors.NotADirectory(parent.path)
         path = join(parent.path, name)

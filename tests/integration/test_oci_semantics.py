@@ -223,8 +223,10 @@ def test_gc_removes_exactly_the_unreachable_blobs(mount, tmp_path):
     mount.bucket.put(f"app/blobs/sha256/{sha(planted)}", planted)
     before = set(mount.bucket.list("app/blobs/"))
 
+    # --grace 0: mark and sweep in one run (nothing writes now).
     dry = tool(mount, "gc", "--grace", "0", "--dry-run").stdout
     assert set(mount.bucket.list("app/blobs/")) == before, "--dry-run deleted something"
+    assert mount.bucket.list(".ocifs/") == [], "--dry-run wrote a mark"
     tool(mount, "gc", "--grace", "0")
     after = set(mount.bucket.list("app/blobs/"))
 
@@ -232,7 +234,7 @@ def test_gc_removes_exactly_the_unreachable_blobs(mount, tmp_path):
     v2_hex = v2.split(":")[1]
     assert gone == {f"app/blobs/sha256/{sha(drop)}", f"app/blobs/sha256/{v2_hex}", f"app/blobs/sha256/{sha(planted)}"}
     for key in gone:
-        assert key in dry
+        assert f"would condemn {key} " in dry and f"would delete {key} " in dry
     # everything reachable still works: the image, and its referrer
     out = tmp_path / "out"
     out.mkdir()
@@ -242,13 +244,19 @@ def test_gc_removes_exactly_the_unreachable_blobs(mount, tmp_path):
     assert v1 not in gone
 
 
-def test_gc_keeps_blobs_younger_than_the_grace_period(mount, tmp_path):
+def test_gc_marks_first_and_deletes_only_after_the_grace_period(mount, tmp_path):
+    # A blob's age does not matter (a reused blob is old); the time since gc marked it does.
     push(mount, "app:v1", {"a.txt": b"a"}, tmp_path)
-    planted = b"fresh, maybe a push in flight"
-    mount.bucket.put(f"app/blobs/sha256/{sha(planted)}", planted)
-    out = tool(mount, "gc", "--grace", "3600").stdout
-    assert mount.bucket.head(f"app/blobs/sha256/{sha(planted)}") is not None
-    assert "kept 1 younger" in out
+    planted = b"unreachable, maybe a push in flight"
+    key = f"app/blobs/sha256/{sha(planted)}"
+    mount.bucket.put(key, planted)
+    out = tool(mount, "gc", "--grace", "3").stdout
+    assert f"condemned {key} " in out and mount.bucket.head(key) is not None
+    out = tool(mount, "gc", "--grace", "3").stdout
+    assert "1 mark(s) pending" in out and mount.bucket.head(key) is not None
+    time.sleep(3)
+    out = tool(mount, "gc", "--grace", "3").stdout
+    assert f"deleted {key} " in out and mount.bucket.head(key) is None
 
 
 def test_fsck_finds_a_corrupt_blob_and_repair_removes_it(mount, tmp_path):
