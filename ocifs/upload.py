@@ -47,6 +47,9 @@ COPY_PART = 512 * MiB
 PREFIX_SLACK = 64
 # Rewritten pieces of a prefix are sent from memory in parts of at most this size.
 ASSEMBLED_PART = 64 * MiB
+# After a part failed in the background (retries spent), streaming rests this long; the part
+# is sent again at commit, which is where a failure that persists is reported.
+STREAM_PAUSE = 5.0
 
 
 class PartLayout:
@@ -180,6 +183,7 @@ class Upload:
         self._idle.set()
         self._running = 0
         self._gen = 0
+        self._paused_until = 0.0
         self._pump_lock = trio.Lock()  # two descriptors of one process may write at once
         self.streaming_enabled = True
         self._reset()
@@ -231,7 +235,9 @@ class Upload:
 
     def ready(self) -> bool:
         """A full part lies below the forward-writing frontier and can be sent now."""
-        if not self.streaming_enabled or self.error is not None or self._next >= self.layout.capacity:
+        if not self.streaming_enabled or self._next >= self.layout.capacity:
+            return False
+        if trio.current_time() < self._paused_until:
             return False
         return self.layout.range(self._next)[1] <= self._frontier
 
@@ -243,6 +249,11 @@ class Upload:
                 await self._inflight.acquire()
                 try:
                     await self._ensure(key, meta)
+                except store.StoreError as exc:
+                    # The write itself succeeded (it is staged): the commit tries again.
+                    self._inflight.release()
+                    self._pause(f"could not start the upload of {key}: {exc}")
+                    return
                 except BaseException:
                     self._inflight.release()
                     raise
@@ -256,14 +267,18 @@ class Upload:
             self.key = key
             self.meta = dict(meta)
 
-    def _start(self, number: int, start: int, end: int, acquired: bool = False, copy: bool = False) -> None:
+    def _pause(self, why: str) -> None:
+        log.warning("%s; streaming rests %.0f s, the commit sends what is missing", why, STREAM_PAUSE)
+        self._paused_until = trio.current_time() + STREAM_PAUSE
+
+    def _start(self, number: int, start: int, end: int, acquired: bool = False, copy: bool = False, commit: bool = False) -> None:
         self._dispatched[number] = (start, end)
         self._stale.discard(number)
         self._running += 1
         self._idle = trio.Event()
-        self._spawn(self._part_task, number, start, end, acquired, copy)
+        self._spawn(self._part_task, number, start, end, acquired, copy, commit)
 
-    async def _part_task(self, number: int, start: int, end: int, acquired: bool, copy: bool) -> None:
+    async def _part_task(self, number: int, start: int, end: int, acquired: bool, copy: bool, commit: bool) -> None:
         gen = self._gen
         try:
             if not acquired:
@@ -277,6 +292,10 @@ class Upload:
         except Exception as exc:  # a part task must never take its session (or the mount) down
             if gen != self._gen or number in self._stale or end > self.content.size:
                 return  # aborted, or rewritten meanwhile: it is sent again at commit anyway
+            if not commit:
+                self._dispatched.pop(number, None)  # not sent: the commit sends it
+                self._pause(f"part {number} of {self.key} failed in the background: {exc}")
+                return
             if self.error is None:
                 self.error = exc
                 level = logging.WARNING if isinstance(exc, (errors.OcifsError, store.StoreError)) else logging.ERROR
@@ -359,7 +378,7 @@ class Upload:
             if sent is None or n in self._stale or (sent.start, sent.end) != (s, e):
                 todo.append((n, s, e, False))
         for n, s, e, cp in todo:
-            self._start(n, s, e, copy=cp)
+            self._start(n, s, e, copy=cp, commit=True)
         await self.wait_idle()
         if self.error is not None:
             raise self.error

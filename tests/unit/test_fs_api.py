@@ -16,7 +16,6 @@ import pytest
 import trio
 import trio.testing
 
-from fakes3 import FakeS3
 from fsrig import Ctx, MiB, Rig, run
 from ocifs import store
 

@@ -361,7 +361,7 @@ def test_two_gc_runs_sweeping_at_once_sweep_each_mark_once():
     async def go():
         s3 = store()
         repo = Repo(s3)
-        v1, v2 = repo.image(b"one"), repo.image(b"two")
+        v1, _ = repo.image(b"one"), repo.image(b"two")
         repo.tag(v1, "v1")
         run1 = (await gc(s3, grace=60)).run
         await trio.sleep(60)
@@ -392,7 +392,7 @@ def test_a_sweep_whose_lease_runs_out_goes_back_to_pending_and_a_later_run_finis
     async def go():
         s3 = SlowDeletes(clock=wall)
         repo = Repo(s3)
-        v1, v2 = repo.image(b"one"), repo.image(b"two")
+        v1, _ = repo.image(b"one"), repo.image(b"two")
         repo.tag(v1, "v1")
         run1 = (await gc(s3, grace=60)).run
         await trio.sleep(60)
