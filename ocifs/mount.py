@@ -29,10 +29,19 @@ MALLOC_TRIM_INTERVAL = 2.0
 
 
 def fuse_options(cfg: Config) -> set[str]:
+    """The options pyfuse3 mounts with.
+
+    Whenever other users can reach the mount (allow_other, allow_root), the kernel checks
+    permissions itself (default_permissions) against the owner and modes ocifs reports
+    (--uid, --gid, --file-mode, --dir-mode, stored modes). Without it every local user could
+    read, write and delete with the mount's S3 credentials.
+    """
     opts = {f"fsname=s3://{cfg.bucket}/{cfg.prefix}".rstrip("/"), "subtype=ocifs"}
     if cfg.read_only:
         opts.add("ro")
     opts.update(cfg.fuse_options)
+    if opts & {"allow_other", "allow_root"}:
+        opts.add("default_permissions")
     return opts
 
 

@@ -25,6 +25,22 @@ class SettingsError(Exception):
     """A bad value in a flag, an environment variable or the config file (one line)."""
 
 
+class Octal(int):
+    """A file mode, written in octal everywhere a user sees it (flags, env, TOML, --print-config)."""
+
+    @classmethod
+    def parse(cls, value: Any) -> "Octal":
+        if isinstance(value, int):  # a TOML integer (write 0o644), taken as it is
+            return cls(value)
+        text = str(value).strip().lower().removeprefix("0o")
+        if not text or any(c not in "01234567" for c in text):
+            raise ValueError(value)
+        return cls(int(text, 8))
+
+    def __str__(self) -> str:
+        return f"0{int(self):o}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str  # TOML key; flag is --name-with-dashes; env is OCIFS_NAME
@@ -67,6 +83,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", str, "text", "log format", None, choices=("text", "json")),
     Setting("log_file", Path, None, "log file (default: stderr in foreground, <cache-dir>/ocifs.log otherwise)", "FILE"),
     Setting("metrics_addr", str, None, "also serve Prometheus metrics over HTTP on HOST:PORT (e.g. 127.0.0.1:9877)", "HOST:PORT"),
+    Setting("uid", int, None, "owner of every file and directory (default: the mounting user)", "UID", 0, 2**32 - 2),
+    Setting("gid", int, None, "group of every file and directory (default: the mounting user's)", "GID", 0, 2**32 - 2),
+    Setting("file_mode", Octal, Octal(0o644), "mode of files with no stored mode (octal)", "MODE", 0, 0o7777),
+    Setting("dir_mode", Octal, Octal(0o755), "mode of directories (octal)", "MODE", 0, 0o7777),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -88,12 +108,12 @@ def convert(s: Setting, value: Any, where: str) -> Any:
             return [str(x).strip() for x in items if str(x).strip()]
         if s.kind is Path:
             return Path(os.path.expanduser(str(value)))
-        if s.kind in (int, float):
-            what = "a whole number" if s.kind is int else "a number"
+        if s.kind in (int, float, Octal):
+            what = {int: "a whole number", float: "a number", Octal: "an octal mode like 0644"}[s.kind]
             if isinstance(value, bool):
                 raise ValueError(f"expected {what}, got {value!r}")
             try:
-                v = s.kind(value)
+                v = Octal.parse(value) if s.kind is Octal else s.kind(value)
             except (TypeError, ValueError):
                 raise ValueError(f"expected {what}, got {value!r}") from None
             if s.minimum is not None and v < s.minimum:
@@ -204,6 +224,10 @@ def to_config(values: Mapping[str, Any]) -> Config:
         log_file=values["log_file"],
         metrics_addr=metrics,
         mountpoint=mountpoint,
+        uid=values["uid"],
+        gid=values["gid"],
+        file_mode=int(values["file_mode"]),
+        dir_mode=int(values["dir_mode"]),
     )
 
 
@@ -217,6 +241,8 @@ def render(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
             continue
         if isinstance(v, bool):
             text = "true" if v else "false"
+        elif isinstance(v, Octal):
+            text = f'"{v}"'
         elif isinstance(v, (int, float)):
             text = f"{v}"
         elif isinstance(v, list):
