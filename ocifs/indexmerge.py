@@ -49,6 +49,15 @@ def _tag(desc: Any) -> str | None:
     return None
 
 
+def is_index_doc(data: bytes) -> bool:
+    """Whether ``data`` is an image index (a JSON object with a ``manifests`` list)."""
+    try:
+        _parse(data)
+    except NotAnIndex:
+        return False
+    return True
+
+
 def merge(base: bytes | None, ours: bytes, theirs: bytes | None) -> tuple[bytes, list[str]]:
     """Merge ``ours`` onto ``theirs`` given their common ``base``; return (bytes, conflicts)."""
     ours_doc = _parse(ours)
@@ -56,7 +65,10 @@ def merge(base: bytes | None, ours: bytes, theirs: bytes | None) -> tuple[bytes,
     theirs_doc = _parse(theirs)
     if theirs_doc is None:
         return ours, []
-    base_doc = _parse(base) or {"manifests": []}
+    try:
+        base_doc = _parse(base) or {"manifests": []}
+    except NotAnIndex:  # what this writer saw was no index (empty, cut short): no base
+        base_doc = {"manifests": []}
     base_keys = {_key(d) for d in base_doc.get("manifests", [])}
     ours_list = ours_doc.get("manifests", [])
     ours_keys = {_key(d) for d in ours_list}

@@ -31,7 +31,7 @@ import trio
 from ocifs import errors, store
 from ocifs.config import Config
 from ocifs.content import Version
-from ocifs.indexmerge import NotAnIndex, merge
+from ocifs.indexmerge import NotAnIndex, is_index_doc, merge
 from ocifs.layout import blob_digest, ingest_target, is_index
 from ocifs.namespace import Namespace, Node
 from ocifs.reader import Reader
@@ -262,8 +262,13 @@ class Publisher:
             try:
                 body, conflicts = merge(base[1] if base else None, ours, theirs)
             except NotAnIndex as exc:
-                log.warning("%s: cannot merge concurrent rewrites (%s); this write wins", key, exc)
-                body, conflicts = ours, []
+                if is_index_doc(ours):
+                    log.warning("%s: the current version is not an image index (%s); this write replaces it", key, exc)
+                    body, conflicts = ours, []
+                else:
+                    # Never let content that is no index (an empty or half-written file: a
+                    # forked child closing an inherited descriptor) win over a real one.
+                    raise errors.OcifsError(f"{key}: changed meanwhile, and this write is not an image index; not published") from None
             for c in conflicts:
                 log.warning("%s: %s", key, c)
             log.info("%s changed since it was read; merged this write into the current version", key)

@@ -63,3 +63,13 @@ def test_untagged_referrers_survive():
 def test_garbage_cannot_be_merged():
     with pytest.raises(NotAnIndex):
         merge(None, b"{not json", index())
+
+
+def test_a_base_that_is_no_index_counts_as_no_base():
+    merged, _ = merge(b"", index(desc("b", "v2")), index(desc("a", "v1")))
+    assert tags(merged) == ["v1", "v2"]
+
+
+def test_ours_that_is_no_index_cannot_be_merged():
+    with pytest.raises(NotAnIndex):
+        merge(index(desc("a", "v1")), b'{"schemaVersion": 2, "manif', index(desc("a", "v1")))
