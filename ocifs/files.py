@@ -30,7 +30,7 @@ import trio
 
 from ocifs import errors, store
 from ocifs.config import Config
-from ocifs.content import Content
+from ocifs.content import Content, Version
 from ocifs.layout import RESERVED_TOP, check_key, is_blob_path, is_index, join, parent_of
 from ocifs.markers import Markers
 from ocifs.namespace import Namespace, Node
@@ -42,6 +42,9 @@ from ocifs.tasks import TaskGroup
 from ocifs.upload import Upload
 
 log = logging.getLogger(__name__)
+
+# A writer's unchanged base of at most this many bytes is kept locally when its file is deleted.
+KEEP_BASE = 64 * 1024 * 1024
 
 
 class Handle:
@@ -125,7 +128,7 @@ class Files:
         except BaseException:
             content.close()
             raise
-        upload = Upload(self.s3, content, self.reader.fetcher(base), self.cfg.part_size, self._max_inflight, group.start_soon)
+        upload = Upload(self.s3, content, self.reader.fetcher(content), self.cfg.part_size, self._max_inflight, group.start_soon)
         upload.streaming_enabled = self.publisher.stream_target(node) is not None
         # A new file must appear at close even if empty; an O_TRUNC of a non-empty file changed it.
         dirty = created or (truncate and node.size > 0)
@@ -142,6 +145,7 @@ class Files:
                 return  # published meanwhile (another descriptor of the same process)
             s.to(State.PUBLISHING)
             try:
+                await self._keep_bases(node, skip=s)
                 await self.publisher.commit(node, s)
             except BaseException:
                 # A failed close is final: these bytes are never published. A failed fsync
@@ -245,6 +249,8 @@ class Files:
         node = h.node
         old = h.read.pin
         self.reader.cache.invalidate_key(old.key if old is not None else "")
+        if node.unlinked:
+            raise errors.Stale(f"{node.path}: deleted while open")
         try:
             await self.ns.revalidate(node, force=True)
         except errors.NotFound:
@@ -316,7 +322,9 @@ class Files:
         self.check_writable()
         if fh is not None:
             h = self.handle(fh)
-            if h.session is not None and h.session.live:
+            if h.session is not None:
+                if h.failed or not h.session.live:
+                    raise errors.OcifsError(f"{node.path}: an earlier close failed; nothing more is accepted", err=errno.EIO)
                 await h.session.truncate(size)
                 return
         s = self.own_session(node, owner)
@@ -341,12 +349,24 @@ class Files:
             raise errors.IsADirectory(node.path)
         async with node.lock:  # ordered with any publish of it in flight
             v = node.version
+            await self._keep_bases(node)
             if v is not None and v.key == self.ns.key(node.path):
                 await self.s3.delete(v.key)
                 self.reader.cache.invalidate_key(v.key)
             self.ns.remove(node)
         await self._orphaned(node)
         self.markers.emptied(parent_of(node.path))
+
+    async def _keep_bases(self, node: Node, skip: WriteSession | None = None) -> None:
+        """Other writers of a file this mount is about to replace or delete keep what their
+        version is based on: the base comes into staging first (up to KEEP_BASE bytes; beyond
+        that, their reads and publish of it fail with ESTALE/EIO)."""
+        for s in node.sessions.values():
+            if s is skip:
+                continue
+            c = s.content
+            if c.base is not None and c.base_extent <= KEEP_BASE and c.needs_base(0, c.base_extent):
+                await c.materialize(0, c.base_extent, s.upload.fetch)
 
     async def _orphaned(self, node: Node) -> None:
         """``node`` lost its name: what its writers still write can never be published, so
@@ -376,20 +396,33 @@ class Files:
         async with locks[0].lock:
             async with locks[1].lock if len(locks) > 1 else contextlib.nullcontext():
                 before = src.version
+                if target is not None:
+                    await self._keep_bases(target)
                 await self.publisher.move(src, new_path, owner)
+                replaced = target.version if target is not None else None
+                if before is None and replaced is not None and replaced.key == self.ns.key(new_path):
+                    # The new name's old object goes now (POSIX: replaced at once); the file
+                    # moved there appears in S3 when its writer closes it.
+                    await self.s3.delete(replaced.key)
+                    self.reader.cache.invalidate_key(replaced.key)
                 self.ns.move(src, new_path)
         if target is not None:
             await self._orphaned(target)
         if before is not None and src.version is not None and not is_index(new_path):
-            self._repin_renamed(src, before.key)
+            self._moved(src, before)
         if parent_of(old_path) != parent_of(new_path):
             self.markers.emptied(parent_of(old_path))
 
-    def _repin_renamed(self, node: Node, old_key: str) -> None:
-        """Open readers of a renamed file follow it: same bytes, new key and ETag."""
+    def _moved(self, node: Node, old: Version) -> None:
+        """The committed bytes of ``node`` now live at ``node.version`` (a rename or a metadata
+        self-copy): open readers, and writers whose version is based on them, follow."""
+        new = node.version
         for h in self.handles.values():
-            if h.node is node and h.read.pin is not None and h.read.pin.key == old_key:
-                h.read.pin = node.version
+            if h.node is node and h.read.pin == old:
+                h.read.pin = new
+        for s in node.sessions.values():
+            if s.content.base == old:
+                s.content.base = new
 
     # --- metadata -----------------------------------------------------------------------------
     async def set_meta(self, node: Node, mode: int | None, mtime_ns: int | None) -> None:
@@ -409,7 +442,7 @@ class Files:
             etag = await self.s3.copy(v.key, v.key, node.meta(), v.etag)
             node.version = v._replace(etag=etag)
             node.fetched = time.monotonic()
-        self._repin_renamed(node, v.key)  # same bytes: open readers keep reading
+        self._moved(node, v)  # same bytes: open readers and writers keep going
 
     # --- the end ------------------------------------------------------------------------------
     def publishing(self) -> int:

@@ -18,7 +18,7 @@ import trio
 from ocifs import errors
 from ocifs.cache import ChunkCache
 from ocifs.config import Config
-from ocifs.content import FetchChunk, Version
+from ocifs.content import Content, FetchChunk, Version
 from ocifs.layout import blob_digest
 from ocifs.prefetch import ReadAhead
 from ocifs.store import ObjectStore
@@ -64,12 +64,13 @@ class Reader:
 
         return await self.cache.get((v.key, v.etag, idx), v.size, fetch)
 
-    def fetcher(self, v: Version | None) -> FetchChunk:
-        """Chunks of ``v`` (the base of a write session)."""
+    def fetcher(self, content: "Content") -> FetchChunk:
+        """Chunks of ``content``'s base, whichever it is when asked (a rename or a chmod of the
+        file moves the base to a new key or ETag with the same bytes)."""
 
         async def fetch(idx: int) -> bytes:
-            assert v is not None, "no base version to fetch from"
-            return await self.chunk(v, idx)
+            assert content.base is not None, "no base version to fetch from"
+            return await self.chunk(content.base, idx)
 
         return fetch
 

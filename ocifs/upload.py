@@ -328,7 +328,9 @@ class Upload:
             if self.error is not None:
                 raise self.error
             size = self.content.size
-            if self.upload_id is None and size <= self.part_size:
+            if size <= self.part_size:  # one PUT (an upload begun before a truncate is dropped)
+                if self.upload_id is not None:
+                    await self._abort()
                 return await self._put(key, meta, size)
             if self.upload_id is not None and self.key != key:
                 await self._abort()  # renamed while streaming: start over at the new key
