@@ -26,7 +26,7 @@ from ocifs import errors, store
 from ocifs.cache import ChunkCache
 from ocifs.config import MiB, Config
 from ocifs.files import Files
-from ocifs.layout import is_index, join, name_to_str, parent_of
+from ocifs.layout import join, name_to_str, parent_of
 from ocifs.markers import Markers
 from ocifs.namespace import Namespace, Node
 from ocifs.publish import Publisher
@@ -351,12 +351,13 @@ class Operations(pyfuse3.Operations):
         h = self.files.handles[fh]
         node = h.node
         fi = pyfuse3.FileInfo(fh=fh)
-        # The kernel's page cache is one per inode, shared by every process: while someone
-        # writes a file (each writer has its own version) and for index.json (rewritten in
-        # place by every OCI client), reads and writes bypass it, so every read is answered
-        # from the version its process sees. Blobs never change: their cache is kept.
-        fi.direct_io = h.writable or bool(node.sessions) or is_index(node.path)
-        fi.keep_cache = node.immutable and not fi.direct_io
+        # The kernel's page cache is one per inode, shared by every process, and it applies
+        # every size change (a truncate, another process's publish) to every reader. ocifs
+        # promises each open the version it opened (or its writer's own version), so only
+        # committed blobs, which never change, go through it (and keep it across opens);
+        # everything else is direct I/O. Readers still get 1 MiB requests: st_blksize.
+        fi.direct_io = h.writable or not node.immutable
+        fi.keep_cache = not fi.direct_io
         return fi
 
     @fuse_op

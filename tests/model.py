@@ -65,19 +65,20 @@ class Inode:
     path: str | None = None  # None once unlinked or replaced
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Session:
     content: bytearray
     dirty: bool
     failed: bool = False
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # two descriptors are never "equal": identity counts
 class Handle:
     inode: Inode
     pid: int
     session: Session | None  # writable handles write through the version they joined
     pinned: bytes | None  # the committed version when opened (read-only handles read it)
+    readable: bool = True  # O_RDONLY or O_RDWR (the kernel answers EBADF to the others)
     returned: bool = False
     failed: bool = False
 
@@ -140,7 +141,7 @@ class Model:
             self._ids += 1
             inode = self.paths[path] = Inode(self._ids, None, path)
             s = self.sessions[(inode.id, pid)] = Session(bytearray(), dirty=True)
-            self.handles.append(Handle(inode, pid, s, None))
+            self.handles.append(Handle(inode, pid, s, None, readable=False))
             self.covered["create"] += 1
             return ["ok"]
         if mode == "cx":
@@ -158,7 +159,7 @@ class Model:
                 base = b"" if trunc or inode.committed is None else inode.committed
                 s = self.sessions[(inode.id, pid)] = Session(bytearray(base), dirty=trunc and bool(inode.committed))
                 self.covered["open for write"] += 1
-        self.handles.append(Handle(inode, pid, s, inode.committed))
+        self.handles.append(Handle(inode, pid, s, inode.committed, readable=mode in ("r", "rw")))
         return ["ok"]
 
     def write(self, idx: int, where: str, length: int, byte: int) -> tuple[list[Any], int, bytes]:
@@ -258,7 +259,7 @@ class Model:
     def release(self, idx: int) -> None:
         h = self.handle(idx)
         assert h is not None
-        self.handles.remove(h)
+        del self.handles[idx % len(self.handles)]
         key = (h.inode.id, h.pid)
         if h.session is not None and not any(o.session is h.session for o in self.handles):
             if self.sessions.get(key) is h.session:

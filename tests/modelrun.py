@@ -26,12 +26,16 @@ class Mismatch(AssertionError):
     pass
 
 
+class Errno(int):
+    """An errno answer (never mistaken for a byte count)."""
+
+
 async def _answer(aw: Any) -> Any:
-    """An operation's result, or its errno."""
+    """An operation's result, or its errno (an :class:`Errno`)."""
     try:
         result = await aw
     except pyfuse3.FUSEError as exc:
-        return exc.errno
+        return Errno(exc.errno)
     return "ok" if result is None else result
 
 
@@ -48,10 +52,10 @@ async def drive(r: Rig, ops: list[tuple[Any, ...]], model: Model) -> None:
         kind = op[0]
         if kind in ("write", "ftruncate", "read", "flush", "fsync", "close") and not fhs:
             continue
-        if kind in ("write", "ftruncate"):
-            h = model.handle(op[1])
-            if h is None or not h.writable:
-                continue
+        if kind in ("write", "ftruncate") and not model.handle(op[1]).writable:
+            continue
+        if kind == "read" and not model.handle(op[1]).readable:
+            continue  # the kernel's EBADF: never reaches the filesystem
         if kind == "open":
             _, pid, path, mode = op
             allowed = model.open(pid, path, mode)
@@ -68,7 +72,7 @@ async def drive(r: Rig, ops: list[tuple[Any, ...]], model: Model) -> None:
             fh = fhs[idx % len(fhs)]
             allowed, off, data = model.write(idx, where, length, byte)
             got = await _answer(r.ops.write(fh, off, data))
-            _check(step, op, "ok" if got == len(data) else got, allowed, model)
+            _check(step, op, "ok" if not isinstance(got, Errno) and got == len(data) else got, allowed, model)
         elif kind == "ftruncate":
             _, idx, size = op
             fh = fhs[idx % len(fhs)]
