@@ -118,11 +118,32 @@ def fetch(path: Path, timeout: float = 5.0) -> str:
     return b"".join(chunks).decode()
 
 
+# Connections the HTTP endpoint serves at once; more are closed at once (a scraper needs one).
+HTTP_CONNECTIONS = 16
+
+
 async def serve_http(addr: str, source: Source) -> None:
-    """Opt-in Prometheus endpoint: GET /metrics on HOST:PORT (any path answers the same)."""
+    """Opt-in Prometheus endpoint: GET /metrics on HOST:PORT (any path answers the same).
+
+    At most HTTP_CONNECTIONS at once, each for at most 5 s: a flood of connections costs the
+    daemon a bounded number of descriptors and tasks.
+    """
     host, _, port = addr.rpartition(":")
+    slots = trio.Semaphore(HTTP_CONNECTIONS)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await stream.aclose()
+            return
+        try:
+            await _http_one(stream, source)
+        finally:
+            slots.release()
+
     try:
-        await trio.serve_tcp(lambda stream: _http_one(stream, source), int(port), host=host.strip("[]") or "127.0.0.1")
+        await trio.serve_tcp(handler, int(port), host=host.strip("[]") or "127.0.0.1")
     except Exception as exc:
         log.warning("metrics endpoint %s stopped: %s", addr, exc)
 

@@ -16,6 +16,7 @@ they still *exist* is checked after ``metadata_ttl`` like anything else (another
 
 from __future__ import annotations
 
+import collections
 import logging
 import stat
 import time
@@ -41,6 +42,11 @@ ROOT_INODE = 1
 LAYOUT_FILES = frozenset({"index.json", "oci-layout"})
 # Directory listings kept (for metadata_ttl), bounded by their total number of entries.
 MAX_LISTED_ENTRIES = 200_000
+# Files whose content lives at another key (an oras ingest file published at its blob name,
+# waiting for its rename) exist only in this mount's memory: kept this long / this many even
+# when the kernel forgets them, so the client's rename finds them.
+ALIAS_TTL = 3600.0
+MAX_ALIASES = 10_000
 
 Entry = ObjectInfo | None  # a listing entry: an object, or None for a directory
 
@@ -164,6 +170,7 @@ class Namespace:
             MAX_LISTED_ENTRIES, getsizeof=lambda listing: len(listing.entries) + 1
         )
         self._next_inode = ROOT_INODE + 1
+        self._aliases: collections.OrderedDict[int, float] = collections.OrderedDict()  # inode -> since
         self._warned: cachetools.LRUCache[str, bool] = cachetools.LRUCache(10_000)
         # Directories whose marker object ("dir/") this mount knows to exist.
         self.markers: set[str] = set()
@@ -235,9 +242,26 @@ class Namespace:
     def maybe_drop(self, node: Node) -> None:
         """Forget a node nobody refers to any more (the kernel, an open file, a writer)."""
         if node.inode != ROOT_INODE and node.lookups <= 0 and node.opens <= 0 and not node.sessions:
+            if not node.unlinked and self._is_alias(node) and node.inode in self._aliases:
+                return  # only this mount knows the name: kept (bounded) for its rename
+            self._aliases.pop(node.inode, None)
             self.nodes.pop(node.inode, None)
             if self.paths.get(node.path) is node:
                 del self.paths[node.path]
+
+    def keep_alias(self, node: Node) -> None:
+        """``node`` was published at another key (zero-copy): keep its name, within bounds."""
+        now = time.monotonic()
+        self._aliases[node.inode] = now
+        self._aliases.move_to_end(node.inode)
+        while self._aliases:
+            inode, since = next(iter(self._aliases.items()))
+            if len(self._aliases) <= MAX_ALIASES and now - since < ALIAS_TTL:
+                break
+            del self._aliases[inode]
+            old = self.nodes.get(inode)
+            if old is not None:
+                self.maybe_drop(old)
 
     def forget(self, inode: int, count: int) -> None:
         node = self.nodes.get(inode)

@@ -179,6 +179,8 @@ class Publisher:
         node.fetched = time.monotonic()
         content.rebase(version)
         session.upload.rebased()
+        if version.key != self.ns.key(path):
+            self.ns.keep_alias(node)
         self.ns.note_added(node)
         self.on_published(path)
         log.debug("published %s as %s (%d bytes)", path, version.key, version.size)

@@ -140,3 +140,39 @@ def test_stats_watch_prints_updating_blocks(bucket, mount):
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_a_flood_of_idle_metrics_connections_is_bounded(bucket, mount_factory):
+    """Each of 200 idle connections would be a task and a descriptor for 5 s: at most 16 are."""
+    import socket
+
+    port = free_port()
+    m = mount_factory(bucket, extra_args=["--metrics-addr", f"127.0.0.1:{port}"])
+    pid = int(open(next(p for p in __import__("glob").glob("/run/ocifs/*.pid") if _owns(p, m))).read())
+    socks = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append(s)
+        time.sleep(0.5)
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        assert fds < 120, f"the daemon holds {fds} descriptors with 200 idle metrics connections"
+        # a scraper still gets an answer once the idle ones time out (5 s)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the metrics endpoint never answered again"
+                time.sleep(0.5)
+        assert "ocifs_s3_requests_total" in body
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _owns(pidfile: str, m) -> bool:
+    from ocifs.runtime import pid_file
+
+    return pidfile == str(pid_file(m.path))

@@ -492,3 +492,19 @@ def test_hostile_keys_are_hidden_and_do_not_break_listings(tmp_path):
         assert await r.read_file("h/both/child") == b"k"
 
     run(go, tmp_path)
+
+
+def test_a_closed_ingest_file_survives_the_kernel_forgetting_it_until_its_rename(tmp_path):
+    data = body(3 * MiB, 12)
+    hexd = blob_name(data)
+
+    async def go(r: Rig):
+        await r.mkdir("lay/ingest")
+        await r.mkdir("lay/blobs/sha256")
+        await r.write_file(f"lay/ingest/{hexd}_9", data)
+        inode = await r.lookup(f"lay/ingest/{hexd}_9")
+        r.ops.forget([(inode, r.ops.ns.get(inode).lookups)])  # the kernel drops its dentry
+        await r.rename(f"lay/ingest/{hexd}_9", f"lay/blobs/sha256/{hexd}")
+        assert await r.read_file(f"lay/blobs/sha256/{hexd}") == data
+
+    run(go, tmp_path)
