@@ -157,6 +157,8 @@ class Rig:
 def run(test: Callable[[Rig], Awaitable[Any]], tmp: Path, s3: FakeS3 | None = None, **cfg: Any) -> None:
     """Run ``test(rig)`` under trio with a fresh mount of a FakeS3 (settings from ``cfg``)."""
 
+    finished: list[bool] = []
+
     async def main() -> None:
         fake = s3 or FakeS3()
         fake.limiter = trio.CapacityLimiter(16)
@@ -170,6 +172,10 @@ def run(test: Callable[[Rig], Awaitable[Any]], tmp: Path, s3: FakeS3 | None = No
         async with trio.open_nursery() as nursery:
             await ops.start(nursery)
             await test(Rig(ops, fake, nursery))
+            finished.append(True)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+    # A stray trio.Cancelled unwinds the test body and trio.run returns quietly: that is a
+    # failure (it is how a timed-out read used to end the FUSE loop), never a pass.
+    assert finished, "the test body did not run to its end (a stray cancellation unwound it)"

@@ -508,3 +508,49 @@ def test_a_closed_ingest_file_survives_the_kernel_forgetting_it_until_its_rename
         assert await r.read_file(f"lay/blobs/sha256/{hexd}") == data
 
     run(go, tmp_path)
+
+
+def test_a_tag_deleted_after_the_kernel_forgot_index_json_stays_deleted(tmp_path):
+    """The base of a rewrite is what that process last read, even when the in-memory node was
+    recreated in between (the old per-node version counter restarted and ignored the read)."""
+
+    async def go(r: Rig):
+        await r.mkdir("repo")
+        await r.write_file("repo/index.json", index("b"))
+        assert tags(await r.read_file("repo/index.json", pid=Z)) == {"b"}
+        await r.write_file("repo/index.json", index("b", "x"), pid=Z)
+        await r.write_file("repo/index.json", index("b"), pid=Z)  # Z's base: {b}
+        inode = await r.lookup("repo/index.json")
+        r.ops.forget([(inode, r.ops.ns.get(inode).lookups)])  # the kernel drops the node
+        r.s3.seed("repo/index.json", index("a", "b"))  # another mount adds tag a
+        assert tags(await r.read_file("repo/index.json", pid=Z)) == {"a", "b"}
+        await r.write_file("repo/index.json", index("b"), pid=Z)  # Z deletes tag a
+        assert tags(r.obj("repo/index.json")) == {"b"}
+
+    run(go, tmp_path, metadata_ttl=0)
+
+
+def test_a_read_waiting_on_a_read_ahead_that_timed_out_answers_eio_and_the_mount_lives_on(tmp_path):
+    """The read-ahead GET times out first; the read that waited for it must get its own answer
+    (the old cache re-raised the read-ahead's Cancelled in the reader: the FUSE loop ended)."""
+    data = body(6 * MiB, 13)
+
+    async def go(r: Rig):
+        r.s3.seed("f", data)
+        warm = await r.open("f", pid=A)
+        assert await r.read(warm, 0, MiB) == data[:MiB]  # chunk 0 cached
+        await trio.testing.wait_all_tasks_blocked()
+        r.ops.cache.invalidate_key("x")  # (nothing else cached matters)
+        for ck in [k for k in list(r.ops.cache._lru.keys()) if k[2] != 0]:
+            r.ops.cache._lru.pop(ck)
+        r.s3.freeze("GetObject")
+        fh = await r.open("f", pid=B)
+        assert await r.ops.read(fh, 0, MiB) == data[:MiB]  # from memory; read-ahead of chunk 1 hangs
+        await trio.sleep(0.5)
+        await fails_with(errno.EIO, r.ops.read(fh, MiB, MiB))  # waits on that read-ahead
+        r.s3.thaw()
+        assert await r.read(fh, 0) == data
+        await r.close(fh)
+        await r.close(warm)
+
+    run(go, tmp_path, op_timeout=1)
