@@ -250,12 +250,12 @@ def test_gc_marks_first_and_deletes_only_after_the_grace_period(mount, tmp_path)
     planted = b"unreachable, maybe a push in flight"
     key = f"app/blobs/sha256/{sha(planted)}"
     mount.bucket.put(key, planted)
-    out = tool(mount, "gc", "--grace", "3").stdout
+    out = tool(mount, "gc", "--grace", "20").stdout
     assert f"condemned {key} " in out and mount.bucket.head(key) is not None
-    out = tool(mount, "gc", "--grace", "3").stdout
+    out = tool(mount, "gc", "--grace", "20").stdout
     assert "1 mark(s) pending" in out and mount.bucket.head(key) is not None
-    time.sleep(3)
-    out = tool(mount, "gc", "--grace", "3").stdout
+    time.sleep(20)
+    out = tool(mount, "gc", "--grace", "20").stdout
     assert f"deleted {key} " in out and mount.bucket.head(key) is None
 
 
