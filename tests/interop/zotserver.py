@@ -127,11 +127,14 @@ class Zot:
         return f"--- {self.name} log (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
 
     def errors_logged(self) -> list[str]:
-        """zot's error-level log lines so far."""
+        """zot's error-level log lines so far, except background tasks that a stop interrupted
+        ("context canceled": its dedupe/restore walk still running at SIGTERM)."""
         try:
-            return [ln for ln in self.log_path.read_text(errors="replace").splitlines() if '"level":"error"' in ln]
+            lines = self.log_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return []
+        return [ln for ln in lines if '"level":"error"' in ln and '"context canceled"' not in ln
+                and '"http: Server closed"' not in ln]
 
     # --- the distribution API ---------------------------------------------------------------------
     def request(self, method: str, path: str, data: bytes | None = None, headers: dict | None = None,
