@@ -247,6 +247,23 @@ def test_restart_zot_and_remount_then_pull_and_ranged_blob_gets(ocifs, zot, buck
     assert zot.errors_logged() == []
 
 
+def test_an_upload_resumes_after_zot_restarts_on_a_remounted_mount(ocifs, zot, bucket):
+    """Every PATCH is durable when zot answers it (its close published the upload file), so an
+    upload survives a restart of zot and of the mount, and resumes where it was."""
+    first, rest = os.urandom(2 * MiB + 1), os.urandom(MiB)
+    loc, uuid = start_upload(zot, "resume", first)
+    zot.stop()
+    ocifs.remount()
+    zot.start()
+    status, h, _ = zot.request("GET", loc)
+    assert (status, h["Range"]) == (204, f"0-{len(first) - 1}")
+    loc = patch(zot, loc, rest, len(first))
+    dg = finish_upload(zot, loc, first + rest)
+    assert bucket.get(f"resume/blobs/sha256/{dg.split(':')[1]}") == first + rest
+    assert bucket.head(f"resume/.uploads/{uuid}") is None
+    assert zot.errors_logged() == []
+
+
 # --------------------------------------------------------------------------- concurrency
 
 
