@@ -456,6 +456,10 @@ def test_what_each_side_sees_of_the_others_markers_and_upload_leftovers(ocifs, z
     assert bucket.get(f"marked/.uploads/{uuid}") == part
     assert zot_s3.request("GET", f"/v2/marked/blobs/uploads/{uuid}")[0] == 500
     finish_upload(zot, loc, part)
+    # the emptied .uploads/ keeps a marker; the S3 driver lists and serves the repo around it
+    wait_until("the marker of the emptied .uploads/", lambda: bucket.head("marked/.uploads/") is not None)
+    assert zot_s3.catalog() == ["marked"]
+    assert oras_pull(zot_s3, "marked:v1", tmp_path / "out2") == {"a.txt": sha256_bytes(b"hello\n")}
 
     # an upload in progress through zot's S3 driver is a multipart upload: not an object, so
     # nothing shows under .uploads/ on the mount until the PUT completes it as a blob
@@ -468,3 +472,4 @@ def test_what_each_side_sees_of_the_others_markers_and_upload_leftovers(ocifs, z
     wait_until("the mount sees the blob zot's S3 driver committed",
                lambda: blob_path(ocifs.path / "marked", dg).is_file())
     assert blob_path(ocifs.path / "marked", dg).read_bytes() == part
+    assert [k for k in bucket.list("marked/.uploads/")] == ["marked/.uploads/"], "the S3 driver left an upload"
