@@ -19,8 +19,8 @@ import threading
 import time
 import urllib.parse
 
-from oras.client import OrasClient
 import pytest
+from oras.client import OrasClient
 
 from .interop_lib import MiB, blob_path, fail, oras, sha256_bytes, sha256_file, tagged, top
 from .zotserver import Zot, storage_on_root, storage_on_s3
