@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import report, targets, workloads
+from bench import report, targets, workloads, zot_pull
 from bench.common import (
     CLEANUP, MiB, Endpoint, boto_client, log, make_workdir, minio_metrics, start_minio, tool,
 )
@@ -193,8 +193,8 @@ def run(args) -> int:
             skipped[name] = why
         else:
             tgts.append(t)
-    if "zot-pull" in want:
-        why = "not implemented yet (zot itself is in .tools/bin from scripts/setup.sh): zot-pull workload SKIPPED"
+    if "zot-pull" in want and zot_pull.ZotS3(ctx).missing():
+        why = zot_pull.ZotS3(ctx).missing()
         banner(f"SKIPPED workload zot-pull: {why}")
         skipped["zot-pull"] = why
         want.discard("zot-pull")
@@ -222,6 +222,9 @@ def run(args) -> int:
         if meta_w:
             units += [("meta", None, rep, t) for t in order]
 
+    if "zot-pull" in want:
+        units += zot_pull.units(cases, reps, tgts, ctx)
+
     log(f"[bench] profile {profile} ({profile_doc}); targets {', '.join(t.name for t in tgts)}; "
         f"{len(units)} units x steps, {reps} repetition(s); results -> {out}")
     runs_path = out / "runs.jsonl"
@@ -244,6 +247,8 @@ def run(args) -> int:
             elif kind == "fio":
                 recs = workloads.fio_unit(env, t, rep, fio_w | {"fio-seqwrite"})
                 recs = [r for r in recs if r["workload"] in want]
+            elif kind == "zot":
+                recs = zot_pull.zot_unit(env, t, case, rep)
             else:
                 recs = workloads.meta_unit(env, t, rep, meta_w, meta_info)
             with open(runs_path, "a") as f:

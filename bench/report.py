@@ -11,8 +11,8 @@ from bench.targets import ALL, FUSE
 
 LATENCY = {"meta-tags", "meta-list", "meta-manifest"}
 ORDER = ["push", "pull-cold", "pull-warm", "fio-seqwrite", "fio-seqread", "randread",
-         "meta-tags", "meta-list", "meta-manifest"]
-TARGET_ORDER = list(ALL)
+         "meta-tags", "meta-list", "meta-manifest", "zot-pull"]
+TARGET_ORDER = list(ALL) + ["zot-s3"]  # zot-pull: zot's own S3 driver beside zot on each mount
 
 
 def load(out: Path) -> tuple[list[dict], dict]:

@@ -38,6 +38,7 @@ class Markers:
         self.delay = delay
         self._want: dict[str, bool] = {}  # directory -> should it have a marker
         self._busy: dict[str, trio.Event] = {}  # directories being reconciled
+        self._waiting: set[str] = set()  # of those, the ones still in their delay (no S3 call yet)
         self._failed: set[str] = set()
 
     # --- what happened ------------------------------------------------------------------------
@@ -63,8 +64,9 @@ class Markers:
         """rmdir: the marker must be gone before rmdir returns."""
         self._want.pop(path, None)
         busy = self._busy.get(path)
-        if busy is not None:
-            await busy.wait()
+        if busy is not None and path not in self._waiting:
+            await busy.wait()  # a PUT may be in flight: let it land before the delete
+        # (a reconcile still in its delay finds nothing to do: its wish was dropped above)
         try:  # always: a marker may exist that this mount never listed
             await self.s3.delete(self.ns.dir_key(path))
         except store.NotFound:
@@ -80,7 +82,11 @@ class Markers:
 
     async def _reconcile(self, path: str) -> None:
         try:
-            await trio.sleep(self.delay)
+            self._waiting.add(path)
+            try:
+                await trio.sleep(self.delay)
+            finally:
+                self._waiting.discard(path)
             while path in self._want:
                 await self._apply(path, self._want.pop(path))
             self._failed.discard(path)

@@ -1,4 +1,4 @@
-"""Fixtures for the interop tests: real clients (oras, skopeo, umoci) on a real ocifs mount.
+"""Fixtures for the interop tests: real clients (oras, skopeo, umoci, zot) on a real ocifs mount.
 
 ``s3``, ``bucket`` and ``mount_factory`` come from tests/conftest.py (a real MinIO and
 real ``ocifs mount`` / ``ocifs umount``). The mounts made here log at debug level, so a
@@ -14,7 +14,8 @@ import urllib.request
 
 import pytest
 
-from .interop_lib import build_umoci_image, fail, free_port, registry_bin, rmtree
+from .interop_lib import TOOLS, build_umoci_image, fail, free_port, registry_bin, require_tool, rmtree
+from .zotserver import Zot, ZotError, storage_on_root
 
 DEBUG = ["--log-level", "debug"]  # argparse: the last --log-level wins
 
@@ -82,3 +83,45 @@ def registry(tmp_path_factory):
             proc.kill()
             proc.wait(timeout=20)
         rmtree(work)
+
+
+# --------------------------------------------------------------------------- zot
+
+
+@pytest.fixture
+def zot_factory(request, tmp_path_factory):
+    """Start real zot registries: ``zot_factory(storage_config, name)`` (see zotserver.py).
+
+    The pinned binary comes from ``.tools/bin/zot``; a missing one fails naming setup.sh.
+    Every zot started here is stopped at teardown; a failing test carries each one's log tail.
+    """
+    exe = require_tool(TOOLS / "zot")
+    zots: list[Zot] = []
+    request.node._zots = zots
+
+    def make(storage: dict, name: str = "zot") -> Zot:
+        z = Zot(exe, storage, tmp_path_factory.mktemp(name), name)
+        zots.append(z)
+        try:
+            return z.start()
+        except ZotError as e:
+            fail(str(e))
+
+    yield make
+    for z in zots:
+        z.stop()
+
+
+@pytest.fixture
+def zot(ocifs, zot_factory):
+    """zot with its storage root on the ``ocifs`` mount."""
+    return zot_factory(storage_on_root(ocifs.path), "zot")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("setup", "call"):
+        for z in getattr(item, "_zots", []):
+            rep.sections.append((f"{z.name} log", z.log_tail(60)))

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Verb-by-verb interop matrix: oras, skopeo and umoci on ocifs vs Debian's s3fs.
+"""Verb-by-verb interop matrix: oras, skopeo, umoci and zot on ocifs vs s3fs, goofys, geesefs.
 
 Not a test: a script that starts its own MinIO (and docker-registry, if installed),
-mounts ONE bucket twice on the same MinIO — ocifs at s3://BUCKET/ocifs and s3fs at
-BUCKET:/s3fs — runs the same sequence of client commands on each mount, and writes a
+mounts ONE bucket once per filesystem on the same MinIO — ocifs at s3://BUCKET/ocifs, s3fs
+at BUCKET:/s3fs, goofys at BUCKET:goofys, geesefs at BUCKET:geesefs — runs the same sequence
+of client commands on each mount (zot: with its storage root on the mount), and writes a
 markdown table (tests/interop/RESULTS.md by default) with the exact commands.
 
-    .venv/bin/python tests/interop/matrix.py [--out FILE] [--only ocifs|s3fs]
+    .venv/bin/python tests/interop/matrix.py [--out FILE] [--only ocifs,s3fs,goofys,geesefs]
 
 Every command has a timeout; a step fails on a non-zero exit or a failed check.
 """
@@ -20,7 +21,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -30,10 +30,13 @@ import traceback
 import urllib.request
 from pathlib import Path
 
+from zotserver import Zot, ZotError, free_port, storage_on_root
+
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / ".tools" / "bin"
 ORAS = TOOLS / "oras"
 MINIO = TOOLS / "minio"
+ZOT = TOOLS / "zot"
 OCIFS = REPO / ".venv" / "bin" / "ocifs"
 USER, PASSWORD = "matrix", "matrix-secret-123"
 BUCKET = "interop-matrix"
@@ -42,12 +45,6 @@ STEP_TIMEOUT = 300
 
 class StepFail(Exception):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sha256(data: bytes) -> str:
@@ -74,6 +71,7 @@ class Ctx:
         self.s3, self.prefix = s3, prefix
         self.name, self.mnt, self.work, self.img, self.registry = name, mnt, work, img, registry
         self.remount = remount
+        self.zot_addr: str | None = None
         self.cmds: list[str] = []
         self.env = {**os.environ, "HOME": str(work / "home")}
         (work / "home").mkdir(parents=True, exist_ok=True)
@@ -85,6 +83,8 @@ class Ctx:
         s = s.replace(str(self.work), "$WORK").replace(str(ORAS), "oras")
         if self.registry:
             s = s.replace(self.registry, "$REG")
+        if self.zot_addr:
+            s = s.replace(self.zot_addr, "$ZOT")
         return s
 
     def sh(self, *args, cwd=None, timeout=STEP_TIMEOUT, binary=False):
@@ -530,6 +530,140 @@ def _(c):
     check(got == want, f"{len(got)} entries, local disk has {len(want)}")
 
 
+# --------------------------------------------------------------------------- zot on the mount
+# zot v2.1.9 with its storage root on the mount (tests/interop/zotserver.py; the config is
+# README's: dedupe, gc and commit off). Started by the first zot step, stopped by the last.
+
+
+def zot(c) -> Zot:
+    z = c.state.get("zot")
+    if z is None:
+        z = Zot(str(ZOT), storage_on_root(c.mnt), c.work / "zot")
+        c.cmds.append(f"zot serve config.json   # {json.dumps({'storage': storage_on_root('$MNT')})}")
+        try:
+            z.start()
+        except ZotError as e:
+            raise StepFail(str(e).splitlines()[0])
+        c.state["zot"] = z
+        c.zot_addr = z.addr
+    return z
+
+
+def zot_pull(c, ref, out: Path) -> dict:
+    out.mkdir(parents=True)
+    c.oras("pull", "--plain-http", f"{zot(c).addr}/{ref}", "-o", out, cwd=out)
+    return {p.name: sha256_file(p) for p in out.iterdir()}
+
+
+def zot_request(c, method, path, data=None, headers=None, want=(200,)):
+    """One distribution-API request (shown as the equivalent curl line)."""
+    shown = "".join(f" -H '{k}: {v}'" for k, v in (headers or {}).items() if k != "Content-Length")
+    c.cmds.append(f"curl -X {method}{shown} $ZOT{path.split('?')[0]}")
+    try:
+        status, h, body = zot(c).request(method, path, data, headers)
+    except OSError as e:  # zot closed the connection: it failed the request
+        raise StepFail(f"{method} {path.split('?')[0]}: {e} (zot: {zot_error(zot(c))})")
+    check(status in want, f"{method} {path.split('?')[0]}: HTTP {status} {body[:120]!r}")
+    return h, body
+
+
+def zot_error(z: Zot) -> str:
+    """The error of zot's last error-level log line."""
+    last = (z.errors_logged() or ["{}"])[-1]
+    try:
+        return str(json.loads(last).get("error", ""))[-200:]
+    except ValueError:
+        return last[-200:]
+
+
+@step("zot", "oras push (3 files) to zot, pull back")
+def _(c):
+    s = src_files(c)
+    d = json.loads(c.oras("push", "--plain-http", f"{zot(c).addr}/z/app:v1", "--format", "json",
+                          "a.txt", "b.bin", "c.json", cwd=s))
+    check(tagged(c.mnt / "z/app") == {"v1": d["digest"]}, "index.json on the mount lacks v1")
+    got = zot_pull(c, "z/app:v1", c.work / "zpull")
+    check(got == {n: sha256_file(s / n) for n in ("a.txt", "b.bin", "c.json")}, "pulled bytes differ")
+    verify_layout(c.mnt / "z/app")
+
+
+@step("zot", "chunked upload: POST, 3 PATCH (Content-Range), PUT ?digest=")
+def _(c):
+    data = random.Random(11).randbytes(6 * 1024 * 1024 + 3)
+    parts = [data[:1024 * 1024], data[1024 * 1024:5 * 1024 * 1024], data[5 * 1024 * 1024:]]
+    h, _ = zot_request(c, "POST", "/v2/z/chunked/blobs/uploads/", b"", {"Content-Length": "0"}, want=(202,))
+    loc, sent = h["Location"], 0
+    for p in parts:
+        h, _ = zot_request(c, "PATCH", loc, p, {"Content-Range": f"{sent}-{sent + len(p) - 1}",
+                                                "Content-Type": "application/octet-stream",
+                                                "Content-Length": str(len(p))}, want=(202,))
+        sent += len(p)
+        check(h.get("Range") == f"0-{sent - 1}", f"zot reports {h.get('Range')} after {sent} bytes")
+        loc = h["Location"]
+    dg = sha256(data)
+    zot_request(c, "PUT", f"{loc}{'&' if '?' in loc else '?'}digest={dg}", b"", {"Content-Length": "0"}, want=(201,))
+    _, body = zot_request(c, "GET", f"/v2/z/chunked/blobs/{dg}")
+    check(body == data, "blob bytes differ")
+    check(blob(c.mnt / "z/chunked", dg).read_bytes() == data, "blob on the mount differs")
+
+
+@step("zot", "ranged blob GET (Range header) returns the exact bytes")
+def _(c):
+    data = (src_files(c) / "b.bin").read_bytes()  # pushed by the first zot step
+    dg = sha256(data)
+    for a, b in [(0, 0), (1024 * 1024 - 3, 1024 * 1024 + 3), (len(data) - 5, len(data) - 1)]:
+        h, body = zot_request(c, "GET", f"/v2/z/app/blobs/{dg}", headers={"Range": f"bytes={a}-{b}"}, want=(206,))
+        check(body == data[a:b + 1], f"bytes {a}-{b} differ")
+
+
+@step("zot", "attach + discover (referrers), _catalog, tag list")
+def _(c):
+    z = zot(c)
+    d = json.loads(c.oras("attach", "--plain-http", f"{z.addr}/z/app:v1", "--artifact-type",
+                          "application/vnd.sig", "--format", "json", "sig.txt", cwd=src_files(c)))
+    c.state["zsig"] = d["digest"]
+    found = json.loads(c.oras("discover", "--plain-http", f"{z.addr}/z/app:v1", "--format", "json"))
+    check([r["digest"] for r in found.get("referrers") or []] == [d["digest"]], "referrer not listed")
+    _, body = zot_request(c, "GET", "/v2/_catalog")
+    check("z/app" in json.loads(body)["repositories"], "z/app not in _catalog")
+    _, body = zot_request(c, "GET", "/v2/z/app/tags/list")
+    check(json.loads(body)["tags"] == ["v1"], f"tags {json.loads(body)['tags']}")
+
+
+@step("zot", "manifest delete (referrer, then a tag)")
+def _(c):
+    z = zot(c)
+    c.oras("manifest", "delete", "--plain-http", "--force", f"{z.addr}/z/app@{c.state['zsig']}")
+    found = json.loads(c.oras("discover", "--plain-http", f"{z.addr}/z/app:v1", "--format", "json"))
+    check(not found.get("referrers"), "referrer still listed")
+    check(not blob(c.mnt / "z/app", c.state["zsig"]).exists(), "referrer blob still on the mount")
+    c.oras("push", "--plain-http", f"{z.addr}/z/app:gone", "c.json", cwd=src_files(c))
+    c.oras("manifest", "delete", "--plain-http", "--force", f"{z.addr}/z/app:gone")
+    check(set(tagged(c.mnt / "z/app")) == {"v1"}, f"index.json tags {set(tagged(c.mnt / 'z/app'))}")
+
+
+@step("zot", "serves what `oras push --oci-layout` wrote; `oras pull --oci-layout` reads what zot wrote")
+def _(c):
+    s = src_files(c)
+    out = zot_pull(c, "hello:v1", c.work / "zlayout")
+    check(out["b.bin"] == sha256_file(s / "b.bin"), "zot serves different bytes")
+    o2 = c.work / "zlayout2"
+    o2.mkdir()
+    c.oras("pull", "--oci-layout", f"{c.mnt}/z/app:v1", "-o", o2, cwd=o2)
+    check(sha256_file(o2 / "b.bin") == sha256_file(s / "b.bin"), "oras reads different bytes")
+
+
+@step("zot", "restart zot, pull again")
+def _(c):
+    z = zot(c)
+    z.restart()
+    c.cmds.append("(stop zot, start it again)")
+    got = zot_pull(c, "z/app:v1", c.work / "zpull2")
+    check(got["b.bin"] == sha256_file(src_files(c) / "b.bin"), "pulled bytes differ")
+    z.stop()
+    c.state.pop("zot")
+
+
 @step("all", "remount, every layout verifies")
 def _(c):
     c.remount()
@@ -684,12 +818,93 @@ class S3fsMount:
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], timeout=30)
 
 
+def stop_zot(c: Ctx) -> None:
+    z = c.state.pop("zot", None)
+    if z is not None:
+        z.stop()
+
+
+class ForegroundMount:
+    """A FUSE daemon kept in the foreground as our child (goofys, geesefs); unmounted with
+    fusermount3, then waited for (it flushes what it holds)."""
+
+    name = "?"
+
+    def __init__(self, url, work: Path):
+        self.url, self.work, self.mnt = url, work, work / f"mnt-{self.name}"
+        self.mnt.mkdir()
+        self.proc = None
+        self.gen = 0
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def mount(self):
+        exe = TOOLS / self.name
+        need(exe)
+        self.gen += 1
+        log = open(self.work / f"{self.name}-{self.gen}.log", "wb")
+        self.proc = subprocess.Popen([str(exe), *self.argv()], env=s3env(), stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 30
+        while not is_mounted(self.mnt):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                stop(self.proc)
+                raise RuntimeError(f"{self.name} did not mount (see {self.work})")
+            time.sleep(0.1)
+
+    def umount(self):
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True, timeout=300)
+        try:
+            # goofys exits once it has flushed; geesefs 0.43.8 -f logs "Flushing all changes"
+            # and then stays up, unmounted, until it is told to stop
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop(self.proc)
+
+    def cleanup(self):
+        if is_mounted(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], timeout=30)
+        if self.proc is not None:
+            stop(self.proc)
+
+
+class GoofysMount(ForegroundMount):
+    name = "goofys"
+
+    @property
+    def mount_cmd(self):
+        return f"goofys -f --endpoint http://127.0.0.1:PORT --region us-east-1 {BUCKET}:goofys $MNT"
+
+    def argv(self):
+        return ["-f", "--endpoint", self.url, "--region", "us-east-1", f"{BUCKET}:goofys", str(self.mnt)]
+
+
+class GeesefsMount(ForegroundMount):
+    """`-f`: in the background geesefs 0.43.8 crashes on this machine (bench/README.md)."""
+
+    name = "geesefs"
+
+    @property
+    def mount_cmd(self):
+        return f"geesefs -f --endpoint http://127.0.0.1:PORT --region us-east-1 {BUCKET}:geesefs $MNT"
+
+    def argv(self):
+        return ["-f", "--endpoint", self.url, "--region", "us-east-1", f"{BUCKET}:geesefs", str(self.mnt)]
+
+
+MOUNTS = {m.name: m for m in (OcifsMount, S3fsMount, GoofysMount, GeesefsMount)}
+
+
 def run_matrix(fs, img: Path, registry, work: Path, s3, prefix: str):
     results = []
     fs.mount()
     c = Ctx(fs.name, fs.mnt, work, img, registry, remount=lambda: (fs.umount(), fs.mount()),
             s3=s3, prefix=prefix)
     for client, verb, fn in STEPS:
+        if client != "zot":
+            stop_zot(c)
         c.cmds = []
         c.state.pop("note", None)
         t0 = time.monotonic()
@@ -705,6 +920,7 @@ def run_matrix(fs, img: Path, registry, work: Path, s3, prefix: str):
         results.append((client, verb, ok, dt, note, list(c.cmds)))
         print(f"[{fs.name}] {'PASS' if ok else 'FAIL'} {dt:6.2f}s {client}: {verb} {note}", flush=True)
     # what the bucket holds for this mount, once everything is flushed
+    stop_zot(c)
     fs.umount()
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
@@ -720,8 +936,8 @@ def render(all_results, stats, mounts, registry) -> str:
         "# ocifs interop matrix",
         "",
         "Produced by `.venv/bin/python tests/interop/matrix.py` (not a test). One MinIO, one "
-        f"bucket `{BUCKET}`; ocifs mounted at prefix `ocifs/`, Debian s3fs 1.90 at prefix `s3fs/`. "
-        "The same commands run in the same order on each mount. Seconds are wall time of the "
+        f"bucket `{BUCKET}`; each filesystem mounts its own prefix of it (`ocifs/`, `s3fs/`, "
+        "`goofys/`, `geesefs/`). The same commands run in the same order on each mount. Seconds are wall time of the "
         "whole step (commands + checks).",
         "",
         "Mount commands:",
@@ -733,6 +949,8 @@ def render(all_results, stats, mounts, registry) -> str:
         "Tools: oras CLI 1.3.6 (`--oci-layout`), skopeo 1.9.3 (`oci:` transport), umoci 0.4.7, "
         f"docker-registry 2.8.2 (Debian) for `oras cp`: {'running' if registry else 'NOT installed'}.",
         "`$IMG` is a local multi-layer image layout built with umoci (tags base, v1, v2).",
+        "zot v2.1.9 (minimal build, `.tools/bin/zot`) runs with its storage root on the mount "
+        "(`$ZOT` is its 127.0.0.1 address); Debian s3fs 1.90, goofys 350ff312, geesefs 0.43.8.",
         "",
         "| client | verb | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names),
@@ -760,7 +978,7 @@ def render(all_results, stats, mounts, registry) -> str:
         s = stats[n]
         lines.append(f"- {n}: {s['objects']} objects, {s['dir_markers']} directory-marker objects "
                      f"(keys ending in `/`){': e.g. ' + ', '.join('`'+k+'`' for k in s['marker_examples']) if s['marker_examples'] else ''}")
-    lines += ["", "## Exact commands (identical for both mounts; `$MNT` is the mount point)", ""]
+    lines += ["", "## Exact commands (identical for every mount; `$MNT` is the mount point)", ""]
     for client, verb, _ok, _dt, _note, cmds in first:
         lines.append(f"**{client}: {verb}**")
         lines.append("```")
@@ -772,10 +990,13 @@ def render(all_results, stats, mounts, registry) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
-    ap.add_argument("--only", choices=["ocifs", "s3fs"])
+    ap.add_argument("--only", default=",".join(MOUNTS), help="comma list of filesystems (default: all)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (ocifs debug log)")
     args = ap.parse_args()
-    for t in ("skopeo", "umoci", "fusermount3", ORAS, MINIO, OCIFS):
+    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    if set(only) - set(MOUNTS):
+        sys.exit(f"--only: unknown filesystem(s) {', '.join(sorted(set(only) - set(MOUNTS)))}; known: {', '.join(MOUNTS)}")
+    for t in ("skopeo", "umoci", "fusermount3", ORAS, MINIO, OCIFS, ZOT):
         need(t)
     root = Path(tempfile.mkdtemp(prefix="ocifs-matrix-"))
     procs, mounts = [], []
@@ -793,9 +1014,7 @@ def main():
         img = imgwork / "layout"
         _build_image(img, imgwork)
         all_results, stats = {}, {}
-        for cls in (OcifsMount, S3fsMount):
-            if args.only and cls.name != args.only:
-                continue
+        for cls in (MOUNTS[n] for n in only):
             work = root / cls.name
             work.mkdir()
             fs = cls(url, work)
