@@ -8,37 +8,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import IO, Any
 
-from ocifs import __version__, errors, store
-from ocifs import settings
+from ocifs import __version__, config, errors, settings, store
 from ocifs.config import Config
 
 log = logging.getLogger("ocifs")
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{2,62}$")
-
-
 class UsageError(Exception):
     pass
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket[/prefix]`` -> (bucket, prefix ending in '/' or '')."""
-    if not url.startswith("s3://"):
-        raise UsageError(f"expected s3://BUCKET[/PREFIX], got {url!r}")
-    rest = url[5:]
-    bucket, _, prefix = rest.partition("/")
-    if not _BUCKET_RE.match(bucket):
-        raise UsageError(f"invalid bucket name {bucket!r} in {url!r}")
-    prefix = prefix.strip("/")
-    if "//" in prefix:
-        raise UsageError(f"prefix {prefix!r} has an empty path segment")
-    return bucket, prefix + "/" if prefix else ""
 
 
 def _positive(kind: type, minimum: float = 0) -> object:
@@ -60,9 +41,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _s3_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"), help="S3 endpoint (MinIO, R2, ...)")
-    p.add_argument("--region", default=None, help="region (default: botocore's, us-east-1 with --endpoint-url)")
-    p.add_argument("--profile", default=None, help="AWS profile for credentials")
+    """Endpoint, region and credentials of a bucket-level command: resolved like a mount's
+    (flags > OCIFS_* environment > --config file > defaults)."""
+    for name in ("endpoint_url", "region", "profile", "concurrency"):
+        s = settings.BY_NAME[name]
+        p.add_argument(s.flag, dest=name, default=None, metavar=s.metavar, help=s.help)
+    p.add_argument("--config", type=Path, default=os.environ.get("OCIFS_CONFIG"), metavar="FILE", help="TOML file of settings (the same as ocifs mount --config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tool_config(a: argparse.Namespace) -> Config:
-    bucket, prefix = parse_s3_url(a.url)
-    region = a.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region is None and a.endpoint_url:
-        region = "us-east-1"
-    return Config(bucket=bucket, prefix=prefix, endpoint_url=a.endpoint_url, region=region, profile=a.profile)
+    flags = {k: getattr(a, k) for k in ("endpoint_url", "region", "profile", "concurrency")}
+    try:
+        values, _ = settings.resolve(flags, os.environ, a.config)
+        return config.for_bucket(a.url, values)
+    except settings.SettingsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_tool(a: argparse.Namespace) -> int:
@@ -213,7 +198,10 @@ def cmd_mount(a: argparse.Namespace) -> int:
     if a.print_config:
         sys.stdout.write(rendered)
         return 0
-    cfg = settings.to_config(values)
+    try:
+        cfg = config.from_values(values)
+    except settings.SettingsError as exc:
+        raise UsageError(str(exc)) from None
     assert cfg.mountpoint is not None
     mountpoint = cfg.mountpoint
     runtime.check_fuse_options(cfg.fuse_options)

@@ -10,7 +10,6 @@ its fix. Exit 0 when nothing failed, 1 otherwise (2 for usage errors, as every c
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import os
 import shutil
@@ -23,21 +22,13 @@ from pathlib import Path
 from typing import TextIO
 
 from ocifs import fuseprobe
+from ocifs.checks import FAIL, INFO, OK, SKIP, WARN, Result  # noqa: F401 (re-exported)
 from ocifs.config import Config
 
-OK, WARN, FAIL, SKIP, INFO = "ok", "warn", "FAIL", "skip", "info"
 CONTAINER_FIX = "in a container: --device /dev/fuse --cap-add SYS_ADMIN (and --security-opt apparmor=unconfined on AppArmor hosts)"
 # SigV4 signatures are refused beyond 15 minutes of skew; far less already skews mtimes that
 # `ocifs gc --grace` and zot's GC compare with the clock.
 SKEW_FAIL, SKEW_WARN = 900.0, 30.0
-
-
-@dataclasses.dataclass
-class Result:
-    check: str
-    status: str
-    detail: str
-    fix: str = ""
 
 
 # --- the machine ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import trio
 
 from ocifs import store
 from ocifs.config import Config
-from ocifs.doctor import FAIL, OK, SKIP, WARN, Result
+from ocifs.checks import FAIL, OK, SKIP, WARN, Result
 from ocifs.s3 import S3
 
 T = TypeVar("T")

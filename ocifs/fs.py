@@ -10,6 +10,7 @@ a stray cancellation — can leave an operation and end the FUSE loop.
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import logging
@@ -129,7 +130,7 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, tuple[Node, list[tuple[str, Any]] | None, float]] = {}
         self._next_dir = 1 << 40  # directory handles never collide with file handles
         self.nursery: trio.Nursery | None = None
-        self.stats = s3.stats
+        self.stats: collections.Counter[str] = collections.Counter()  # FUSE requests (S3's are on the client)
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the mount's services (read-ahead, directory markers) under ``nursery``."""
@@ -428,6 +429,8 @@ class Operations(pyfuse3.Operations):
     def counters(self) -> dict[str, float]:
         """Everything `ocifs stats` shows (see metrics.render for the names)."""
         out: dict[str, float] = dict(self.s3.stats)
+        out.update(self.stats)
+        out.update(self.publisher.stats)
         out["cache.hits"] = self.cache.hits
         out["cache.misses"] = self.cache.misses
         out["cache.bytes"] = self.cache.current_bytes

@@ -18,6 +18,7 @@ Three things a generic S3 filesystem does not do:
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import random
@@ -103,6 +104,7 @@ class Publisher:
         self.reader = reader
         self.on_published = on_published  # a new key exists at this path (directory markers)
         self.index = IndexBases()
+        self.stats: collections.Counter[str] = collections.Counter()  # index.json merges
         self.conditional_writes = True
         self.writes_denied = False  # the startup probe was refused: read-only credentials
 
@@ -251,7 +253,7 @@ class Publisher:
                 return etag, body
             except (store.PreconditionFailed, store.NotFound):
                 pass
-            self.s3.stats["index.merges"] += 1
+            self.stats["index.merges"] += 1
             merges += 1
             if trio.current_time() > deadline:
                 raise errors.OcifsError(f"{key}: still changing after {merges} merges; not published")

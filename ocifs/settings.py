@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import re
 import tomllib
@@ -16,9 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ocifs.config import Config, MiB, default_cache_dir
 
 ENV_PREFIX = "OCIFS_"
+MiB = 1024 * 1024
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{2,62}$")
 
 
 class SettingsError(Exception):
@@ -51,6 +51,7 @@ class Setting:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
+    scale: int = 1  # a value in MiB is MiB * bytes in ocifs.config.Config
 
     @property
     def flag(self) -> str:
@@ -70,11 +71,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("read_only", bool, False, "refuse every write with EROFS"),
     Setting("options", list, [], "FUSE mount options, e.g. allow_other", "OPT[,OPT]"),
     Setting("cache_dir", Path, None, "staging and log directory (default ~/.cache/ocifs/<mount hash>)", "DIR"),
-    Setting("cache_size", int, 512, "MiB of memory for cached chunks", "MIB", 16),
-    Setting("chunk_size", int, 8, "MiB per ranged GET and cache chunk", "MIB", 1, 1024),
-    Setting("part_size", int, 8, "MiB per multipart upload part (min 5)", "MIB", 5, 5120),
+    Setting("cache_size", int, 512, "MiB of memory for cached chunks", "MIB", 16, scale=MiB),
+    Setting("chunk_size", int, 8, "MiB per ranged GET and cache chunk", "MIB", 1, 1024, scale=MiB),
+    Setting("part_size", int, 8, "MiB per multipart upload part (min 5)", "MIB", 5, 5120, scale=MiB),
     Setting("concurrency", int, 16, "S3 requests in flight for the whole mount", "N", 1, 1024),
-    Setting("max_readahead", int, 128, "MiB of read-ahead per open file at most", "MIB", 1),
+    Setting("max_readahead", int, 128, "MiB of read-ahead per open file at most", "MIB", 1, scale=MiB),
     Setting("metadata_ttl", float, 1.0, "seconds before attributes of mutable files are revalidated", "SECONDS", 0),
     Setting("op_timeout", float, 300.0, "seconds a FUSE operation may wait on S3 before EIO", "SECONDS", 1),
     Setting("zero_copy", bool, True, "stream oras ingest files straight to their blob key"),
@@ -182,53 +183,23 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config_file: Path 
     return values, sources
 
 
-def to_config(values: Mapping[str, Any]) -> Config:
-    from ocifs.cli import UsageError, parse_s3_url
+def default(name: str) -> Any:
+    """A setting's default as ocifs.config.Config holds it (sizes in bytes)."""
+    s = BY_NAME[name]
+    return s.default * s.scale if s.default is not None and s.scale != 1 else s.default
 
-    if not values.get("url"):
-        raise UsageError("no s3://BUCKET[/PREFIX] given (argument, OCIFS_URL or 'url' in the config file)")
-    if not values.get("mountpoint"):
-        raise UsageError("no mountpoint given (argument, OCIFS_MOUNTPOINT or 'mountpoint' in the config file)")
-    bucket, prefix = parse_s3_url(values["url"])
-    mountpoint = Path(os.path.abspath(values["mountpoint"]))
-    endpoint = values["endpoint_url"] or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint and not re.match(r"^https?://[^/]+", endpoint):
-        raise UsageError(f"endpoint_url must be http(s)://HOST[:PORT], got {endpoint!r}")
-    metrics = values.get("metrics_addr")
-    if metrics and not re.match(r"^[\w.\-\[\]:]+:\d+$", metrics):
-        raise UsageError(f"metrics_addr must be HOST:PORT, got {metrics!r}")
-    region = values["region"] or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region is None and endpoint:
-        region = "us-east-1"
-    cache_dir = values["cache_dir"] or default_cache_dir() / hashlib.sha1(str(mountpoint).encode()).hexdigest()[:12]
-    return Config(
-        bucket=bucket,
-        prefix=prefix,
-        endpoint_url=endpoint,
-        region=region,
-        profile=values["profile"],
-        read_only=values["read_only"],
-        fuse_options=tuple(values["options"]),
-        cache_dir=Path(cache_dir).resolve(),
-        cache_size=values["cache_size"] * MiB,
-        chunk_size=values["chunk_size"] * MiB,
-        part_size=values["part_size"] * MiB,
-        concurrency=values["concurrency"],
-        max_readahead=values["max_readahead"] * MiB,
-        metadata_ttl=values["metadata_ttl"],
-        op_timeout=values["op_timeout"],
-        zero_copy=values["zero_copy"],
-        verify_reads=values["verify_reads"],
-        log_level=values["log_level"],
-        log_format=values["log_format"],
-        log_file=values["log_file"],
-        metrics_addr=metrics,
-        mountpoint=mountpoint,
-        uid=values["uid"],
-        gid=values["gid"],
-        file_mode=int(values["file_mode"]),
-        dir_mode=int(values["dir_mode"]),
-    )
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket[/prefix]`` -> (bucket, prefix ending in '/' or '')."""
+    if not url.startswith("s3://"):
+        raise SettingsError(f"expected s3://BUCKET[/PREFIX], got {url!r}")
+    bucket, _, prefix = url[5:].partition("/")
+    if not _BUCKET_RE.match(bucket):
+        raise SettingsError(f"invalid bucket name {bucket!r} in {url!r}")
+    prefix = prefix.strip("/")
+    if "//" in prefix:
+        raise SettingsError(f"prefix {prefix!r} has an empty path segment")
+    return bucket, prefix + "/" if prefix else ""
 
 
 def render(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:

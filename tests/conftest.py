@@ -251,6 +251,19 @@ class S3:
         )
         return env
 
+    def requests_served(self) -> dict[str, float]:
+        """MinIO's own count of S3 requests served, by API name (``CopyObject``, ...): what the
+        server saw, not what ocifs thinks it sent (metrics v3, MINIO_PROMETHEUS_AUTH_TYPE=public)."""
+        with urllib.request.urlopen(self.endpoint + "/minio/metrics/v3/api/requests", timeout=10) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("minio_api_requests_total{") and 'type="s3"' in line:
+                labels, _, value = line[len("minio_api_requests_total{") :].partition("} ")
+                name = next((p.split("=", 1)[1].strip('"') for p in labels.split(",") if p.startswith("name=")), "")
+                out[name] = out.get(name, 0.0) + float(value.split()[0])
+        return out
+
     # -- direct object access (test-side checks only) --
     def create_bucket(self, name: str) -> None:
         self.client.create_bucket(Bucket=name)

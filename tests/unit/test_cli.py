@@ -1,6 +1,7 @@
 import pytest
 
-from ocifs.cli import UsageError, main, parse_s3_url
+from ocifs.cli import main
+from ocifs.settings import SettingsError, parse_s3_url
 
 
 def test_s3_url_with_prefix():
@@ -10,7 +11,7 @@ def test_s3_url_with_prefix():
 
 @pytest.mark.parametrize("url", ["http://bucket", "s3://", "s3://B", "bucket/x", "s3://bucket/a//b"])
 def test_bad_s3_urls_are_rejected(url):
-    with pytest.raises(UsageError):
+    with pytest.raises(SettingsError):
         parse_s3_url(url)
 
 
