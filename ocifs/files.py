@@ -185,7 +185,10 @@ class Files:
             if is_index(node.path):
                 await self.publisher.read_index(node, owner)
         verify = node.path if is_blob_path(node.path) and not node.sessions else None
-        h = Handle(self._next_fh, node, owner, writable, session, self.reader.new_state(node.version, verify))
+        return self._new_handle(node, owner, session, self.reader.new_state(node.version, verify))
+
+    def _new_handle(self, node: Node, owner: Owner, session: WriteSession | None, read: ReadState) -> Handle:
+        h = Handle(self._next_fh, node, owner, session is not None, session, read)
         self._next_fh += 1
         if session is not None:
             session.handles.add(h.fh)
@@ -216,12 +219,7 @@ class Files:
             node.lookups -= 1
             self._forget_unpublished(node)
             raise
-        h = Handle(self._next_fh, node, owner, True, session, self.reader.new_state(None))
-        self._next_fh += 1
-        session.handles.add(h.fh)
-        self.handles[h.fh] = h
-        node.opens += 1
-        return h
+        return self._new_handle(node, owner, session, self.reader.new_state(None))
 
     # --- data ---------------------------------------------------------------------------------
     def handle(self, fh: int) -> Handle:
