@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
+import os
 from typing import Any
 
 from hypothesis import strategies as st
@@ -23,7 +24,15 @@ PATHS = ("a", "b", "c")
 PIDS = (1, 2, 3)
 BIG = 6 * MiB  # more than one 5 MiB part: exercises the streaming multipart upload
 # open modes: read, write, write+trunc, read-write, create+trunc, create+excl
-MODES = ("r", "w", "wt", "rw", "ct", "cx")
+FLAGS = {
+    "r": os.O_RDONLY,
+    "w": os.O_WRONLY,
+    "wt": os.O_WRONLY | os.O_TRUNC,
+    "rw": os.O_RDWR,
+    "ct": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "cx": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+}
+MODES = tuple(FLAGS)
 
 
 # --- the operations ----------------------------------------------------------------------------

@@ -10,16 +10,8 @@ import pyfuse3
 
 from fakes3 import FakeS3
 from fsrig import Ctx, Fields, Rig, run
-from model import Model
+from model import FLAGS, Model
 
-FLAGS = {
-    "r": os.O_RDONLY,
-    "w": os.O_WRONLY,
-    "wt": os.O_WRONLY | os.O_TRUNC,
-    "rw": os.O_RDWR,
-    "ct": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-    "cx": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-}
 
 
 class Mismatch(AssertionError):

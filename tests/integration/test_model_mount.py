@@ -18,16 +18,8 @@ from hypothesis import HealthCheck, given, settings
 
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from model import Model, sequences
+from model import FLAGS, Model, sequences
 
-FLAGS = {
-    "r": os.O_RDONLY,
-    "w": os.O_WRONLY,
-    "wt": os.O_WRONLY | os.O_TRUNC,
-    "rw": os.O_RDWR,
-    "ct": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-    "cx": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-}
 
 # One simulated process: reads JSON commands, answers JSON ("ok", a value, or an errno).
 WORKER = r"""
