@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 
-import sys, pathlib
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from model import FLAGS, Model, sequences
 
 
