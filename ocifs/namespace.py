@@ -506,8 +506,9 @@ class Namespace:
         self._detach(node)
 
     def children_pending(self, path: str) -> bool:
-        """Whether this mount has files directly inside ``path`` that S3 does not show yet."""
+        """Whether this mount has entries directly inside ``path`` that S3 may not show yet:
+        files being created, aliases, and directories it made (their marker comes later)."""
         return any(
-            (c.sessions and not c.committed or self._is_alias(c)) and not c.unlinked and p and parent_of(p) == path
+            (c.sessions and not c.committed or self._is_alias(c) or c.local_dir) and not c.unlinked and p and parent_of(p) == path
             for p, c in self.paths.items()
         )
