@@ -212,10 +212,11 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         try:
             node = await self._lookup(parent_inode, name)
-        except errors.NotFound:
-            # A negative entry the kernel may cache for the metadata TTL: existence checks
-            # (oras stats every blob before pushing it) then cost one S3 round trip, not many.
-            # This mount's own create/mkdir/rename replace it at once.
+        except (errors.NotFound, errors.InvalidName):
+            # No such name (a name that is not UTF-8 is no S3 key, so nothing has it; creating
+            # one is EINVAL). A negative entry the kernel may cache for the metadata TTL:
+            # existence checks (oras stats every blob before pushing it) then cost one S3 round
+            # trip, not many. This mount's own create/mkdir/rename replace it at once.
             neg = pyfuse3.EntryAttributes()
             neg.st_ino = 0
             neg.entry_timeout = self.cfg.metadata_ttl
