@@ -396,7 +396,11 @@ class Files:
                 before = src.version
                 if target is not None:
                     await self._keep_bases(target)
-                await self.publisher.move(src, new_path, owner)
+                try:
+                    await self.publisher.move(src, new_path, owner)
+                except store.NotFound:
+                    await self._check_gone(src)
+                    raise
                 replaced = target.version if target is not None else None
                 if before is None and replaced is not None and replaced.key == self.ns.key(new_path):
                     # The new name's old object goes now (POSIX: replaced at once); the file
@@ -410,6 +414,12 @@ class Files:
             self._moved(src, before)
         if parent_of(old_path) != parent_of(new_path):
             self.markers.emptied(parent_of(old_path))
+
+    async def _check_gone(self, node: Node) -> None:
+        """S3 said ``node``'s object is missing: if a HEAD agrees (another host deleted it
+        while this mount still knew it), forget it and raise NotFound (ENOENT), as a lookup
+        would have; otherwise return and the caller's error stands."""
+        await self.ns.revalidate(node, force=True)
 
     def _moved(self, node: Node, old: Version) -> None:
         """The committed bytes of ``node`` now live at ``node.version`` (a rename or a metadata
@@ -437,7 +447,11 @@ class Files:
             if v is None or v.key != self.ns.key(node.path):
                 return  # nothing committed: the metadata goes with the first publish
             # Metadata of a committed object only changes by a server-side self-copy.
-            etag = await self.s3.copy(v.key, v.key, node.meta(), v.etag)
+            try:
+                etag = await self.s3.copy(v.key, v.key, node.meta(), v.etag)
+            except store.NotFound:
+                await self._check_gone(node)
+                raise
             node.version = v._replace(etag=etag)
             node.fetched = time.monotonic()
         self._moved(node, v)  # same bytes: open readers and writers keep going
