@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # A writer's unchanged base of at most this many bytes is kept locally when its file is deleted.
 KEEP_BASE = 64 * 1024 * 1024
+# S3's largest object: no file grows past it (EFBIG, what write(2)/truncate(2) name for a
+# file size the filesystem cannot hold).
+MAX_FILE_SIZE = 5 * 1024**4
 
 
 class Handle:
@@ -264,6 +267,10 @@ class Files:
             raise errors.OcifsError("not open for writing", err=errno.EBADF)
         if h.failed or not s.live:
             raise errors.OcifsError(f"{h.node.path}: an earlier close failed; nothing more is accepted", err=errno.EIO)
+        if off + len(data) > MAX_FILE_SIZE:
+            if off >= MAX_FILE_SIZE:
+                raise errors.OcifsError(f"{h.node.path}: a file ends at {MAX_FILE_SIZE} bytes (S3's largest object)", err=errno.EFBIG)
+            data = data[: MAX_FILE_SIZE - off]  # a short write, as POSIX has it
         if not s.write_nowait(off, data):  # fast path: no await unless a part is ready
             await s.write(off, data)
         node = h.node
@@ -317,6 +324,8 @@ class Files:
     async def truncate(self, node: Node, size: int, owner: Owner, fh: int | None) -> None:
         if size < 0:
             raise errors.InvalidName("negative length")
+        if size > MAX_FILE_SIZE:
+            raise errors.OcifsError(f"{node.path}: a file ends at {MAX_FILE_SIZE} bytes (S3's largest object)", err=errno.EFBIG)
         self.check_writable()
         if fh is not None:
             h = self.handle(fh)
