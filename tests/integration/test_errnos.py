@@ -30,6 +30,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -230,6 +231,7 @@ ROWS: list[Row] = [
     Row("rename", "to a name of 255 bytes", 0, lambda c: os.rename(c.d / "f", c.d / N255), then=lambda c: (c.d / N255).is_file()),
     Row("rename", "to a name of 256 bytes", E.ENAMETOOLONG, lambda c: os.rename(c.d / "f", c.d / N256)),
     Row("rename", "object key would be longer than 1,024 bytes", E.ENAMETOOLONG, lambda c: os.rename(c.d / "f", deep(c) / N255)),
+    Row("rename", "to a name that is not UTF-8", E.EINVAL, lambda c: os.rename(c.d / "f", bytes(c.d) + b"/\xff")),
     Row("rename", "to .ocifs at the top (reserved for gc)", E.EPERM, lambda c: os.rename(c.d / "f", c.root / ".ocifs")),
     Row("rename", "a directory (ocifs renames files only)", E.EXDEV, lambda c: os.rename(c.d / "d", c.d / "e")),
     Row("rename", "a directory over a non-empty directory", E.EXDEV, lambda c: os.rename(c.d / "d", c.d / "n")),
@@ -479,6 +481,27 @@ def test_errno_as_another_user(row: Row, mounts):
     assert got == row.errno, f"as nobody: {row.op}, {row.case}: {name(got)}, POSIX names {row.errname}"
     assert snapshot(d) == before, "another user's refused call changed the mount"
     assert bucket_state(mounts.bucket, rel) == in_s3, "another user's refused call changed the bucket"
+
+
+def test_directory_modes_outlive_the_kernels_forget(mounts):
+    """A directory made 0700 (or chmod'ed to it) stays 0700 after the kernel forgot its inode
+    (an unused dentry is dropped once --metadata-ttl passed), so another user still gets
+    EACCES through it."""
+    d = mounts.shared.path / "forget"
+    d.mkdir()
+    os.mkdir(d / "made", 0o700)
+    os.mkdir(d / "changed")
+    os.chmod(d / "changed", 0o700)
+    for sub in ("made", "changed"):
+        (d / sub / "y").write_bytes(b"y")
+    seen: set[tuple[str, int]] = set()
+    end = time.monotonic() + 4  # --metadata-ttl 1: forgotten within about 1-3 s
+    while time.monotonic() < end:
+        seen |= {(sub, stat.S_IMODE(os.stat(d / sub).st_mode)) for sub in ("made", "changed")}
+        time.sleep(0.1)
+    assert seen == {("made", 0o700), ("changed", 0o700)}, f"modes seen over 4 s: {sorted((n, oct(m)) for n, m in seen)}"
+    for sub in ("made", "changed"):
+        assert as_nobody(f"os.stat(d + '/{sub}/y')", d) == errno.EACCES
 
 
 @pytest.mark.parametrize("row", READ_ONLY_ROWS, ids=lambda r: r.id)
