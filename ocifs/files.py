@@ -446,6 +446,8 @@ class Files:
         self.check_writable()
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
+            if node.is_dir:
+                self.ns.dir_modes[node.path] = node.mode
         if mtime_ns is not None:
             node.mtime = mtime_ns / 1e9
             node.explicit_mtime = True

@@ -304,7 +304,7 @@ class Operations(pyfuse3.Operations):
         self.markers.created(path)
         node = self.ns.create_node(path, is_dir=True)
         node.local_dir = True
-        node.mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        node.mode = self.ns.dir_modes[path] = stat.S_IFDIR | stat.S_IMODE(mode)
         self.ns.note_added(node)
         self.ns.note_empty_dir(path)
         node.lookups += 1

@@ -174,6 +174,10 @@ class Namespace:
         self._warned: cachetools.LRUCache[str, bool] = cachetools.LRUCache(10_000)
         # Directories whose marker object ("dir/") this mount knows to exist.
         self.markers: set[str] = set()
+        # Modes given to directories by mkdir/chmod (S3 keeps none): a node the kernel forgot
+        # and this mount makes again must not fall back to --dir-mode (a 0700 directory would
+        # open up to other users). Kept while mounted, not across remounts.
+        self.dir_modes: dict[str, int] = {}
         # gc: keep condemned blobs before saying they exist (set by the mount; None read-only).
         self.gc_marks: GcMarks | None = None
         root = Node(ROOT_INODE, "", True, self.dir_mode)
@@ -196,7 +200,7 @@ class Namespace:
             raise errors.NotFound(f"inode {inode} is not known") from None
 
     def _new_node(self, path: str, is_dir: bool) -> Node:
-        node = Node(self._next_inode, path, is_dir, self.dir_mode if is_dir else self.file_mode)
+        node = Node(self._next_inode, path, is_dir, self.dir_modes.get(path, self.dir_mode) if is_dir else self.file_mode)
         self._next_inode += 1
         self.nodes[node.inode] = node
         self.paths[path] = node
@@ -503,6 +507,8 @@ class Namespace:
 
     def remove(self, node: Node) -> None:
         self.note_removed(node.path)
+        if node.is_dir:
+            self.dir_modes.pop(node.path, None)
         self._detach(node)
 
     def children_pending(self, path: str) -> bool:
