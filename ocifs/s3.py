@@ -64,6 +64,7 @@ class AsyncioThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        self.loop.set_exception_handler(_unretrieved)
         self.loop.run_forever()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
@@ -98,6 +99,21 @@ class AsyncioThread:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+def _unretrieved(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The S3 loop's handler of errors nobody awaited: a connection that closed is one line.
+
+    aiohttp sends a request body in a task of its own; when the connection closes before the
+    headers of an ``Expect: 100-continue`` request are out (MinIO killed, a reset), that task
+    fails and nobody retrieves its error. The request itself fails too and is retried or
+    reported, so asyncio's traceback would say nothing more. Anything else keeps it.
+    """
+    exc = context.get("exception")
+    if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
+        log.info("S3 connection closed while a request was sent (%s: %s)", type(exc).__name__, exc)
+        return
+    loop.default_exception_handler(context)
 
 
 def _parse_meta(meta: dict[str, str], last_modified: dt.datetime) -> tuple[float, int | None]:
