@@ -41,13 +41,30 @@ class Version(NamedTuple):
 FetchChunk = Callable[[int], Awaitable[bytes]]
 
 
+# Beside each staging file ``w-XXXX``: ``w-XXXX.key``, the object it would be published as (one
+# line, s3://bucket/key), so that the next mount can say what a crashed run left behind.
+LABEL_SUFFIX = ".key"
+
+
 class Staging:
     """A sparse local file holding a file's locally written bytes at their real offsets."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, label: str | None = None) -> None:
         fd, name = tempfile.mkstemp(prefix="w-", dir=directory)
         self.fd = fd
         self.path = Path(name)
+        if label is not None:
+            self.label(label)
+
+    def label(self, what: str) -> None:
+        """Record what this file would be published as (best effort: a full disk leaves the
+        staging file unlabelled, never the write refused)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(what + "\n")
+            tmp.replace(self.path.with_name(self.path.name + LABEL_SUFFIX))
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> None:
         """All of ``data`` or an error: a short write (full disk) is ENOSPC, never ignored."""
@@ -80,13 +97,14 @@ class Staging:
             os.close(self.fd)
             self.fd = -1
             self.path.unlink(missing_ok=True)
+            self.path.with_name(self.path.name + LABEL_SUFFIX).unlink(missing_ok=True)
 
 
 class Content:
     """The pending bytes of a file: ``base`` where untouched, staging everywhere else."""
 
-    def __init__(self, staging_dir: Path, chunk_size: int, base: Version | None = None) -> None:
-        self.staging = Staging(staging_dir)
+    def __init__(self, staging_dir: Path, chunk_size: int, base: Version | None = None, label: str | None = None) -> None:
+        self.staging = Staging(staging_dir, label)
         self.chunk_size = chunk_size
         self.base = base
         self.base_extent = base.size if base is not None else 0

@@ -125,7 +125,7 @@ class Files:
                 await s.truncate(0)
             return s
         base = None if truncate or created else node.version
-        content = Content(self.cfg.staging_dir, self.cfg.chunk_size, base)
+        content = Content(self.cfg.staging_dir, self.cfg.chunk_size, base, self._label(node.path))
         try:
             group = await TaskGroup.open(self._nursery(), f"writes of {node.path}")
         except BaseException:
@@ -138,6 +138,10 @@ class Files:
         s = WriteSession(node, owner, slot, content, upload, group, dirty)
         node.sessions[slot] = s
         return s
+
+    def _label(self, path: str) -> str:
+        """What a staging file of ``path`` is, for the next mount if this one dies."""
+        return f"s3://{self.cfg.bucket}/{self.ns.key(path)}"
 
     async def _publish(self, s: WriteSession, final: bool) -> None:
         """Publish ``s`` (close: ``final``; fsync: not). Errors reach the caller."""
@@ -417,6 +421,8 @@ class Files:
                     await self.s3.delete(replaced.key)
                     self.reader.cache.invalidate_key(replaced.key)
                 self.ns.move(src, new_path)
+        for s in src.sessions.values():  # still open: they publish at the new name
+            s.content.staging.label(self._label(new_path))
         if target is not None:
             await self._orphaned(target)
         if before is not None and src.version is not None and not is_index(new_path):

@@ -50,28 +50,36 @@ def test_sigkill_daemon_then_umount_clears_dead_mount_and_remount_works(bucket, 
 
 
 def test_staging_leftovers_of_a_killed_daemon_are_reported_at_next_mount(bucket, fault_mount_factory, tmp_path):
+    """A file open for writing when the daemon is SIGKILLed was never closed, so it is never
+    published; the next mount on the same --cache-dir reports it (the object it was for, its
+    size) and moves its staging file to <cache-dir>/lost+found (README, Reliability)."""
     cache = tmp_path / "cache"
     m = fault_mount_factory(bucket, cache_dir=cache)
-    fd = os.open(m.path / "unfinished.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    data = content("unfinished", 1 * MiB + 17)
+    (m.path / "dir").mkdir()
+    fd = os.open(m.path / "dir" / "unfinished.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        o = bounded(os.write, HANG, fd, content("unfinished", 1 * MiB))
+        o = bounded(os.write, HANG, fd, data)
         assert o.status == "ok", f"write: {o!r}"
         pid = kill_daemon(m, signal.SIGKILL)
         assert wait_dead(pid, 10)
     finally:
         bounded(os.close, HANG, fd)  # ENOTCONN: the daemon is gone
-    leftovers = sorted(p.name for p in (cache / "staging").iterdir())
-    assert leftovers, "the killed daemon left no staging file (expected the unfinished write)"
+    leftovers = sorted(p.name for p in (cache / "staging").iterdir() if p.suffix != ".key")
+    assert len(leftovers) == 1, f"the killed daemon left {leftovers} in staging, expected the unfinished write"
 
     res = run([*ocifs_bin(), "umount", m.path], env=bucket.s3.env(), timeout=60, check=False)
     assert res.returncode == 0 and not is_mounted(m.path), res.describe()
     first_log_len = len(m.log)
     m.mount()  # same --cache-dir
     new_log = m.log[first_log_len:]
-    lines = [ln for ln in new_log.splitlines() if "staging" in ln and "earlier run" in ln]
-    assert lines, f"the next mount did not report the {len(leftovers)} staging leftover(s) {leftovers}:\n{new_log[-3000:]}"
-    assert str(len(leftovers)) in lines[0] and "WARNING" in lines[0], lines[0]
-    assert bucket.head("unfinished.bin") is None, "an unfinished write of a killed daemon was published"
+    lines = [ln for ln in new_log.splitlines() if "unfinished write of an earlier run" in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0], f"the next mount did not report {leftovers}:\n{new_log[-3000:]}"
+    assert f"s3://{bucket.name}/dir/unfinished.bin, {len(data)} bytes" in lines[0], lines[0]
+    moved = cache / "lost+found" / lines[0].rsplit("moved to ", 1)[1].rsplit("/", 1)[1]
+    assert moved.read_bytes() == data, "lost+found does not hold the bytes that were written"
+    assert [p for p in (cache / "staging").iterdir()] == [], "the leftover is still in staging"
+    assert bucket.head("dir/unfinished.bin") is None, "an unfinished write of a killed daemon was published"
     print(lines[0])
 
 
