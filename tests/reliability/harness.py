@@ -326,8 +326,9 @@ def assume_role(endpoint: str, access_key: str, secret_key: str, policy: dict, s
 class MinioServer:
     """A private MinIO that can be stopped, SIGKILLed and restarted (same port, same data)."""
 
-    def __init__(self, root: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, root: Path | None = None, port: int | None = None, env: dict | None = None) -> None:
         self.root = Path(root or tempfile.mkdtemp(prefix="ocifs-rel-minio-"))
+        self.env = env or {}  # more MINIO_* settings (e.g. MINIO_API_REQUESTS_MAX)
         self.data = self.root / "data"
         self.port = port or free_port()
         self.console = free_port()
@@ -339,7 +340,7 @@ class MinioServer:
     def start(self, timeout: float = 60) -> None:
         env = dict(os.environ)
         env.update(MINIO_ROOT_USER=self.access_key, MINIO_ROOT_PASSWORD=self.secret_key,
-                   MINIO_BROWSER="off", MINIO_UPDATE="off", MINIO_PROMETHEUS_AUTH_TYPE="public")
+                   MINIO_BROWSER="off", MINIO_UPDATE="off", MINIO_PROMETHEUS_AUTH_TYPE="public", **self.env)
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [tool("minio"), "server", str(self.data), "--address", f"127.0.0.1:{self.port}",
