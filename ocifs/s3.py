@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import datetime as dt
 import logging
+import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -48,6 +49,11 @@ _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 _PRECONDITION = {"412", "PreconditionFailed"}
 BODY_RETRIES = 4  # attempts at a ranged GET whose body broke off
+ATTEMPTS = 5  # botocore's attempts at one request (standard retry mode)
+MAX_BACKOFF = 20.0  # seconds: botocore's cap on the wait before an attempt
+# "Too many requests": AWS says 503 SlowDown (botocore retries it), MinIO at
+# MINIO_API_REQUESTS_MAX says 429 TooManyRequests (botocore's standard mode does not).
+_THROTTLED = {"SlowDown", "TooManyRequests"}
 
 
 class BodyError(store.BadResponse):
@@ -145,6 +151,8 @@ def translate(exc: BaseException, what: str) -> store.StoreError:
             return store.Denied(f"{what}: access denied ({code})")
         if code in _PRECONDITION or status == "412" or code == "ConditionalRequestConflict":
             return store.PreconditionFailed(f"{what}: precondition failed ({code})")
+        if code in _THROTTLED or status == "429":
+            return store.Unavailable(f"{what}: {code or status}: still refused after {ATTEMPTS} attempts: {msg}")
         if code == "NotImplemented" or status == "501":
             return store.Unsupported(f"{what}: not implemented by this endpoint ({code})")
         if status.startswith("4"):
@@ -181,7 +189,7 @@ class S3:
             max_pool_connections=max(10, self.cfg.concurrency * 2),
             connect_timeout=10,
             read_timeout=60,
-            retries={"mode": "standard", "max_attempts": 5},
+            retries={"mode": "standard", "max_attempts": ATTEMPTS},
             s3={
                 "addressing_style": "path" if self.cfg.endpoint_url else "auto",
                 # No SHA-256 of every body for SigV4 (UNSIGNED-PAYLOAD): with checksums off,
@@ -199,16 +207,20 @@ class S3:
         )
         self._exit_stack = ctx
         self._client = await ctx.__aenter__()
-        self._client.meta.events.register("needs-retry.s3", self._count_retry)
+        self._client.meta.events.register("needs-retry.s3", self._needs_retry)
 
-    def _count_retry(self, attempts: int = 0, **_: Any) -> None:
-        """botocore asks whether to retry after every attempt; count the ones it will."""
-        # Runs before botocore's own handler decides; counting the attempts that ended in an
-        # error or a retryable status is close enough for a metric.
-        response = _.get("response")
-        caught = _.get("caught_exception")
-        if caught is not None or (response is not None and response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500):
-            self.stats["retries"] += 1
+    def _needs_retry(self, attempts: int = 0, **kw: Any) -> float | None:
+        """botocore asks after every attempt whether to retry. Its own (standard mode) handler
+        answers first; this one counts the attempts that failed, and retries a 429 (which
+        botocore does not) with botocore's backoff: a random wait of up to 2^(attempt-1) s,
+        at most MAX_BACKOFF."""
+        response, caught = kw.get("response"), kw.get("caught_exception")
+        status = response[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) if response is not None else 200
+        if caught is not None or status >= 500 or status == 429:
+            self.stats["retries"] += 1  # close enough for a metric: the last attempt counts too
+        if status == 429 and attempts < ATTEMPTS:
+            return random.random() * min(MAX_BACKOFF, 2.0 ** (attempts - 1))
+        return None
 
     async def _close(self) -> None:
         if self._exit_stack is not None:
