@@ -77,8 +77,14 @@ class AsyncioThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run_blocking(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` to completion from a thread that is not the loop's (CLI checks)."""
-        return self.submit(coro).result(timeout)
+        """Run ``coro`` to completion from a thread that is not the loop's (CLI checks).
+
+        After ``timeout`` it is cancelled on the loop and unwound before TimeoutError (a task
+        left pending would be destroyed with the loop, and asyncio would say so on stderr).
+        """
+        if timeout is None:
+            return self.submit(coro).result()
+        return self.submit(asyncio.wait_for(coro, timeout)).result(timeout + 10)
 
     async def run_in_trio(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await an asyncio coroutine from a trio task without blocking a thread."""
