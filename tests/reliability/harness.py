@@ -169,12 +169,12 @@ def pread(path, offset: int, size: int) -> bytes:
 # --------------------------------------------------------------------------- processes
 
 
-def run(cmd, timeout: float = 120, env=None, input: bytes | None = None) -> subprocess.CompletedProcess:
+def run(cmd, timeout: float = 120, env=None, input: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
     """subprocess.run in its own session, output captured, whole group killed on timeout."""
     args = [str(c) for c in cmd]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         p = subprocess.Popen(args, stdin=subprocess.PIPE if input else subprocess.DEVNULL,
-                             stdout=out, stderr=err, env=env, start_new_session=True)
+                             stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True)
         try:
             p.communicate(input=input, timeout=timeout)
         except subprocess.TimeoutExpired:
