@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from ocifs import errors
 from ocifs.config import Config
@@ -19,12 +20,18 @@ from ocifs.runtime import private_dir
 log = logging.getLogger(__name__)
 
 
+def make_dir(path: Path, what: str) -> None:
+    """Create ``path`` (mode 0700) if it is missing; an existing one is left as it is (it may
+    be shared): what must be private goes into a subdirectory checked by ``private_dir``."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.OcifsError(f"cannot create {what} {path}: {exc.strerror}") from None
+
+
 def prepare_cache_dir(cfg: Config) -> None:
     """Make the cache and staging directories ready; warn about leftovers of a crashed run."""
-    try:
-        cfg.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise errors.OcifsError(f"cannot create cache directory {cfg.cache_dir}: {exc.strerror}") from None
+    make_dir(cfg.cache_dir, "cache directory")
     private_dir(cfg.staging_dir, os.geteuid(), "remove it, or use another --cache-dir")
     leftovers = list(cfg.staging_dir.iterdir())
     if leftovers:

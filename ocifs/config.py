@@ -43,6 +43,10 @@ class Config:
     zero_copy: bool = True
     # Hash blobs read front to back and fail the last read (EIO) if the digest is wrong.
     verify_reads: bool = False
+    # Persistent blob cache on local disk (ocifs.diskcache): None = off. Blobs never change,
+    # so verified copies serve every later mount, and every ocifs process sharing the directory.
+    disk_cache: Path | None = None
+    disk_cache_size: int = 10240 * MiB  # bytes of cache files at most
     log_level: str = "info"
     log_format: str = "text"
     log_file: Path | None = None
