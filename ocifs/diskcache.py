@@ -31,12 +31,24 @@ set explicitly on every use, so ``noatime`` mounts do not matter), and create th
 its full size (fallocate) before the lock is released, so the room is reserved for every other
 process's next scan. A temp file whose writer died holds no flock: the next scan removes it.
 The scan lists temp files before blobs, so a rename racing with it is counted twice (safe),
-never missed.
+never missed. (A blob evicted while some process reads it keeps its disk blocks until that
+reader closes it, as any unlinked file does; the bound counts the directory's files.)
+
+**Reads** of a cached blob come from its file: from the page cache on the FUSE thread when all
+the bytes are there (``RWF_NOWAIT``), else in a worker thread, which also asks the kernel for
+the next :data:`READ_AHEAD` bytes.
+
+**Writes.** A blob read from S3 from its start gets a *fill*: every chunk of it that goes by
+(read, or read ahead) is offered, queued (bounded) and written in order of arrival by the fill's
+task, in this cache's own task group. One blob is hashed at a time (one core at most). A chunk
+offered while the queue is full is not queued (a later read of it offers it again): a disk
+slower than S3 never slows a read, it leaves the blob uncached. A fill that stops receiving
+chunks (the reader went away) is abandoned; at unmount, fills that have every chunk finish.
 
 **Failure.** Disk trouble (ENOSPC, EIO, a deadline passed) never fails a read: the cache is
 turned off for that blob for the life of the process, with one log line, and the read goes to
-S3. Background writes live in this cache's own task group; every wait on the disk has a
-deadline, and a fill that stops receiving bytes is abandoned.
+S3. Every wait on the disk has a deadline; a worker thread past it is abandoned, never waited
+for (see :meth:`DiskCache._io`).
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ import logging
 import os
 import secrets
 import stat
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -82,6 +95,8 @@ LOCK_TIMEOUT = 20.0  # waiting for another process's scan; inside the thread, be
 # A fill whose blob stops arriving (the reader went away after part of it) is abandoned.
 FILL_IDLE_TIMEOUT = 60.0
 HASH_BLOCK = 4 * 1024 * 1024
+# How far ahead of a read from the disk the page cache is filled in the background.
+READ_AHEAD = 16 * 1024 * 1024
 
 
 def _verify_deadline(size: int) -> float:
@@ -123,25 +138,48 @@ class CachedBlob:
     from S3. The descriptor closes when the last read state using it goes (so a blob evicted by
     another process while it is read stays readable, as on any local file)."""
 
-    __slots__ = ("digest", "fd", "size", "__weakref__")
+    __slots__ = ("digest", "fd", "size", "nowait", "__weakref__")
 
     def __init__(self, digest: Digest, fd: int, size: int) -> None:
         self.digest = digest
         self.fd = fd
         self.size = size
+        self.nowait = True  # the filesystem answers RWF_NOWAIT reads
         weakref.finalize(self, os.close, fd)
 
     def pread(self, size: int, offset: int) -> bytes:
+        """Blocking: the bytes from the disk (in a worker thread), and the next
+        :data:`READ_AHEAD` bytes asked for in the background, so that the next reads find
+        them in the page cache (:meth:`pread_cached`) and need no thread."""
         data = os.pread(self.fd, size, offset)
         if len(data) != size:
             raise OSError(errno.EIO, f"cache file is short: {len(data)} of {size} bytes at {offset}")
+        if offset + size < self.size:
+            os.posix_fadvise(self.fd, offset + size, READ_AHEAD, os.POSIX_FADV_WILLNEED)
         return data
+
+    def pread_cached(self, size: int, offset: int) -> bytearray | None:
+        """The bytes if the page cache holds all of them (RWF_NOWAIT: never waits for the disk,
+        so it runs on the FUSE thread, without a hop to a worker thread), else None."""
+        if not self.nowait:
+            return None
+        buf = bytearray(size)
+        try:
+            n = os.preadv(self.fd, [buf], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self.nowait = False
+                return None
+            raise
+        return buf if n == size else None
 
 
 class _Fill:
     """One blob on its way into the cache: chunks offered by the reader, written by one task."""
 
-    __slots__ = ("digest", "size", "chunk_size", "nchunks", "versions", "queue", "queued_bytes", "written", "wake", "abandoned")
+    __slots__ = ("digest", "size", "chunk_size", "nchunks", "versions", "queue", "queued_bytes", "written", "wake", "skipped")
 
     def __init__(self, digest: Digest, size: int, chunk_size: int) -> None:
         self.digest = digest
@@ -153,7 +191,7 @@ class _Fill:
         self.queued_bytes = 0
         self.written: set[int] = set()
         self.wake = trio.Event()
-        self.abandoned = ""  # why, once given up
+        self.skipped = False  # a chunk went by while the queue was full
 
     def chunk_len(self, idx: int) -> int:
         return min(self.chunk_size, self.size - idx * self.chunk_size)
@@ -165,19 +203,50 @@ class _Fill:
 
 
 class _Temp:
-    """A reserved temp file: sized, flocked by us until it is renamed or removed."""
+    """A reserved temp file: sized, flocked by us until it is renamed or removed.
 
-    __slots__ = ("fd", "path")
+    Worker threads use its descriptor through :meth:`run`; a thread abandoned at its deadline
+    may still be running when the fill ends, so the descriptor is closed by whoever is last
+    (never under a running thread, whose number could meanwhile be reused for another file).
+    """
+
+    __slots__ = ("fd", "path", "_lock", "_busy", "_closed")
 
     def __init__(self, fd: int, path: Path) -> None:
         self.fd = fd
         self.path = path
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._closed = False
+
+    def run(self, fn: Callable[[int], T]) -> T:
+        """``fn(fd)`` in a worker thread, the descriptor guaranteed open meanwhile."""
+        with self._lock:
+            if self._closed:
+                raise OSError(errno.EBADF, "the temp file was given up")
+            self._busy += 1
+        try:
+            return fn(self.fd)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if self._closed and not self._busy:
+                    os.close(self.fd)
+
+    def close(self) -> None:
+        """Close (releasing the flock) now, or when the last thread using it is done."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._busy:
+                return
+        os.close(self.fd)
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
             self.path.unlink()
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        self.close()
 
 
 class DiskCache:
@@ -195,10 +264,14 @@ class DiskCache:
         self.lock_path = self.root / "lock"
         self.max_bytes = max_bytes
         self.chunk_size = chunk_size
-        # Bytes of chunks a fill may hold before the disk wrote them; a disk that cannot keep
-        # up with S3 makes the fill give up instead of holding memory beyond --cache-size.
+        # Bytes of chunks a fill may hold before the disk wrote them (mostly the same buffers
+        # the chunk cache holds). Beyond it a chunk is not queued (a read of it offers it again):
+        # a disk slower than S3 never slows a read, it leaves the blob uncached (one info line).
         self.max_queued = max(4 * chunk_size, max_queued)
         self.fill_idle_timeout = FILL_IDLE_TIMEOUT
+        # One blob hashed at a time (set in start(), inside trio): at most one core for
+        # verification, so a pull of many layers on a small machine keeps CPU for its reads.
+        self._hashing: trio.CapacityLimiter | None = None
         self.group: TaskGroup | None = None
         self.prepared = False
         self._fills: dict[Digest, _Fill] = {}
@@ -231,17 +304,20 @@ class DiskCache:
         """Open the task group of background writes (preparing first if the mount did not)."""
         if not self.prepared:
             await trio.to_thread.run_sync(self.prepare)
+        self._hashing = trio.CapacityLimiter(1)
         self.group = await TaskGroup.open(nursery, "disk cache")
 
     async def settle(self, timeout: float) -> None:
         """Wait (bounded) until every fill that has all its bytes is written and renamed."""
         with trio.move_on_after(timeout):
-            while any(f.complete and not f.abandoned for f in self._fills.values()):
+            while any(f.complete for f in self._fills.values()):
                 await trio.sleep(0.02)
 
     async def aclose(self, timeout: float) -> None:
         """Unmount: let fills that have all their bytes finish (bounded), cancel the rest."""
         await self.settle(timeout)
+        for f in self._fills.values():
+            log.info("disk cache: not keeping blob %s: unmounted with %d of its %d chunks", _digest_name(f.digest), len(f.written) + len(f.queue), f.nchunks)
         if self.group is not None:
             await self.group.aclose()
 
@@ -274,11 +350,43 @@ class DiskCache:
         finally:
             os.close(fd)
 
-    async def _io(self, timeout: float, fn: Callable[[], T]) -> T:
-        """Run blocking disk work in a thread, under a deadline (trio.TooSlowError). A thread
-        past its deadline is abandoned; the function it runs must leave nothing half-done."""
-        with trio.fail_after(timeout):
-            return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    async def _io(
+        self, timeout: float, fn: Callable[[], T], on_abandon: Callable[[T], None] | None = None, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
+        """Run blocking disk work in a worker thread, under a deadline (trio.TooSlowError).
+
+        A thread past its deadline (or cancelled) is abandoned, never waited for: a hung disk
+        cannot hang the mount. ``fn`` then does not start if it had not yet; if it finishes
+        anyway, ``on_abandon`` gets what it made (by whichever side comes last, under a lock,
+        so nothing it made is lost between the two).
+        """
+        lock = threading.Lock()
+        box: dict[str, object] = {"state": "new"}  # new -> running -> done | abandoned; new -> dropped
+
+        def run() -> T:
+            with lock:
+                if box["state"] == "dropped":
+                    raise OSError(errno.ECANCELED, "given up before it started")
+                box["state"] = "running"
+            result = fn()
+            with lock:
+                if box["state"] == "abandoned":
+                    if on_abandon is not None:
+                        on_abandon(result)
+                else:
+                    box["state"], box["result"] = "done", result
+            return result
+
+        try:
+            with trio.fail_after(timeout):
+                return await trio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=limiter)
+        except BaseException:
+            with lock:
+                state = box["state"]
+                box["state"] = {"new": "dropped", "running": "abandoned"}.get(str(state), state)
+                if state == "done" and on_abandon is not None:
+                    on_abandon(box["result"])  # type: ignore[arg-type]
+            raise
 
     def _turn_off(self, digest: Digest, what: str, exc: BaseException) -> None:
         """The disk failed for this blob: S3 only from now on, and say so once."""
@@ -342,10 +450,10 @@ class DiskCache:
             if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
                 path.unlink()
 
-    async def read(self, blob: CachedBlob, off: int, size: int) -> bytes | None:
+    async def read(self, blob: CachedBlob, off: int, size: int) -> bytes | bytearray | None:
         """Bytes from the cache file, or None if the disk failed (the caller reads S3)."""
         try:
-            data = await self._io(IO_TIMEOUT, lambda: blob.pread(size, off))
+            data = blob.pread_cached(size, off) or await self._io(IO_TIMEOUT, lambda: blob.pread(size, off))
         except (OSError, trio.TooSlowError) as exc:
             self._turn_off(blob.digest, "read", exc)
             return None
@@ -380,13 +488,12 @@ class DiskCache:
     def offer(self, v: Version, idx: int, data: bytes | bytearray | memoryview) -> None:
         """Chunk ``idx`` of ``v`` went by (from S3 or the memory cache); cheap when unwanted."""
         fill = self._by_version.get(v)
-        if fill is None or fill.abandoned or idx in fill.written or idx in fill.queue:
+        if fill is None or idx in fill.written or idx in fill.queue:
             return
         if idx >= fill.nchunks or len(data) != fill.chunk_len(idx):
             return
         if fill.queued_bytes + len(data) > self.max_queued:
-            fill.abandoned = "the disk does not keep up with S3"
-            fill.wake.set()
+            fill.skipped = True  # the disk is behind; a read of it will offer it again
             return
         fill.queue[idx] = data  # type: ignore[assignment]
         fill.queued_bytes += len(data)
@@ -395,31 +502,34 @@ class DiskCache:
     async def _fill(self, fill: _Fill) -> None:
         temp: _Temp | None = None
         try:
-            temp = await self._io(IO_TIMEOUT, lambda: self._reserve(fill))
+            temp = await self._io(IO_TIMEOUT, lambda: self._reserve(fill), lambda t: t and t.discard())
             if temp is None:
                 return
             while len(fill.written) < fill.nchunks:
-                if fill.abandoned:
-                    log.debug("disk cache: not keeping blob %s: %s", _digest_name(fill.digest), fill.abandoned)
-                    return
                 if not fill.queue:
                     fill.wake = trio.Event()
                     with trio.move_on_after(self.fill_idle_timeout):
                         await fill.wake.wait()
-                    if not fill.queue and not fill.abandoned:
-                        log.debug("disk cache: not keeping blob %s: not read to its end", _digest_name(fill.digest))
+                    if not fill.queue:
+                        if fill.skipped:
+                            log.info("disk cache: not keeping blob %s: the disk did not keep up with S3", _digest_name(fill.digest))
+                        else:
+                            log.debug("disk cache: not keeping blob %s: not read to its end", _digest_name(fill.digest))
                         return
-                    continue
-                # Oldest first; it stays queued until written, so it is never offered twice.
-                idx, data = next(iter(fill.queue.items()))
-                fd = temp.fd
-                await self._io(IO_TIMEOUT, lambda: _pwrite_all(fd, data, idx * fill.chunk_size))
-                del fill.queue[idx]
-                fill.queued_bytes -= len(data)
-                fill.written.add(idx)
+                # Everything queued, in one trip to a worker thread; chunks stay queued until
+                # written, so none is queued twice meanwhile.
+                batch = list(fill.queue.items())
+                cs, t = fill.chunk_size, temp
+                await self._io(IO_TIMEOUT, lambda: t.run(lambda fd: [_pwrite_all(fd, data, idx * cs) for idx, data in batch]))
+                for idx, data in batch:
+                    del fill.queue[idx]
+                    fill.queued_bytes -= len(data)
+                    fill.written.add(idx)
             done = temp
-            if await self._io(_verify_deadline(fill.size), lambda: self._commit(fill, done)):
-                temp = None  # renamed into place
+            commit = lambda: done.run(lambda fd: self._commit(fill, fd, done.path))  # noqa: E731
+            if await self._io(_verify_deadline(fill.size), commit, limiter=self._hashing):
+                temp = None  # renamed into place: a blob now, not a temp file
+                done.close()  # releases its flock
                 self._stored.add(fill.digest)
                 self.stats["stored"] += 1
         except (OSError, trio.TooSlowError) as exc:
@@ -509,24 +619,23 @@ class DiskCache:
         finally:
             os.close(fd)
 
-    def _commit(self, fill: _Fill, temp: _Temp) -> bool:
+    def _commit(self, fill: _Fill, fd: int, path: Path) -> bool:
         """fsync, hash what the disk holds, stamp, rename into place, fsync the directory."""
-        os.fsync(temp.fd)
+        os.fsync(fd)
         alg, want = fill.digest
-        got = hash_fd(temp.fd, alg, fill.size)
+        got = hash_fd(fd, alg, fill.size)
         if got != want:
             keys = ", ".join(sorted(v.key for v in fill.versions))
             log.warning("disk cache: blob %s read from S3 (%s) hashes to %s: not cached", _digest_name(fill.digest), keys, got[:12])
             self.stats["dropped"] += 1
             return False
-        os.utime(temp.fd, ns=(time.time_ns(), STAMP_NS))
+        os.utime(fd, ns=(time.time_ns(), STAMP_NS))
         final = self.path(fill.digest)
-        os.rename(temp.path, final)
+        os.rename(path, final)
         dfd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        os.close(temp.fd)  # releases its flock: it is a blob now, not a temp file
         return True
 

@@ -101,7 +101,8 @@ def test_a_blob_read_once_is_read_with_no_get_after_a_remount(tmp_path):
     mount(second, tmp_path, s3, cache)
 
 
-def test_reads_at_any_offset_of_a_cached_blob_return_its_bytes(tmp_path):
+@pytest.mark.parametrize("where", ["page cache", "disk"])
+def test_reads_at_any_offset_of_a_cached_blob_return_its_bytes(tmp_path, monkeypatch, where):
     s3, cache = FakeS3(), tmp_path / "disk"
     data = body(3 * MiB + 7, 2)
     path, _ = blob("repo", data)
@@ -112,6 +113,8 @@ def test_reads_at_any_offset_of_a_cached_blob_return_its_bytes(tmp_path):
         await unmount(r)
 
     async def second(r: Rig):
+        if where == "disk":  # as after a reboot: every read goes to a worker thread
+            monkeypatch.setattr(diskcache.CachedBlob, "pread_cached", lambda self, size, offset: None)
         before = gets(r.s3)
         fh = await r.open(path)
         for off, size in [(MiB + 5, 100), (0, 1), (len(data) - 3, 10), (2 * MiB - 1, MiB + 2), (len(data), 5)]:
@@ -333,6 +336,33 @@ def test_a_blob_read_only_in_part_is_not_cached_and_its_temp_file_goes(tmp_path)
     assert cached_files(cache) == {}
 
 
+def test_a_disk_slower_than_s3_never_slows_a_read_and_leaves_the_blob_uncached(tmp_path, monkeypatch, caplog):
+    s3, cache = FakeS3(), tmp_path / "disk"
+    data = body(12 * MiB, 19)
+    path, _ = blob("repo", data)
+    s3.seed(path, data)
+    slow_write = diskcache._pwrite_all
+
+    def slow(fd: int, data: bytes, offset: int) -> None:
+        time.sleep(0.2)
+        slow_write(fd, data, offset)
+
+    async def go(r: Rig):
+        monkeypatch.setattr(diskcache, "_pwrite_all", slow)
+        r.ops.disk.max_queued = MiB  # one chunk
+        r.ops.disk.fill_idle_timeout = 0.5
+        started = trio.current_time()
+        assert await r.read_file(path) == data
+        assert trio.current_time() - started < 1.0  # not 12 x 0.2 s: reads never wait for the disk
+        await settled(r)
+        assert temp_files(cache) == []
+
+    with caplog.at_level(logging.INFO, logger="ocifs.diskcache"):
+        mount(go, tmp_path, s3, cache, max_readahead=8 * MiB)
+    assert cached_files(cache) == {}
+    assert any("the disk did not keep up with S3" in m for m in caplog.messages), caplog.messages
+
+
 def test_a_blob_read_from_the_middle_only_starts_no_fill(tmp_path):
     s3, cache = FakeS3(), tmp_path / "disk"
     data = body(3 * MiB, 13)
@@ -402,7 +432,8 @@ def test_a_full_disk_turns_the_cache_off_for_that_blob_with_one_log_line(tmp_pat
     assert cached_files(cache) == {}
 
 
-def test_a_disk_read_error_falls_back_to_s3_with_one_log_line(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("where", ["page cache", "disk"])
+def test_a_disk_read_error_falls_back_to_s3_with_one_log_line(tmp_path, monkeypatch, caplog, where):
     s3, cache = FakeS3(), tmp_path / "disk"
     data = body(3 * MiB, 17)
     path, _ = blob("repo", data)
@@ -416,7 +447,11 @@ def test_a_disk_read_error_falls_back_to_s3_with_one_log_line(tmp_path, monkeypa
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     async def second(r: Rig):
-        monkeypatch.setattr(diskcache.CachedBlob, "pread", broken)
+        if where == "disk":  # not in the page cache: read by a worker thread
+            monkeypatch.setattr(diskcache.CachedBlob, "pread_cached", lambda self, size, offset: None)
+            monkeypatch.setattr(diskcache.CachedBlob, "pread", broken)
+        else:
+            monkeypatch.setattr(diskcache.CachedBlob, "pread_cached", broken)
         before = gets(r.s3)
         assert await r.read_file(path) == data
         assert await r.read_file(path) == data
@@ -446,6 +481,7 @@ def test_a_disk_that_hangs_is_given_up_by_the_deadline(tmp_path, monkeypatch, ca
 
     async def second(r: Rig):
         monkeypatch.setattr(diskcache, "IO_TIMEOUT", 0.2)
+        monkeypatch.setattr(diskcache.CachedBlob, "pread_cached", lambda self, size, offset: None)
         monkeypatch.setattr(diskcache.CachedBlob, "pread", hangs)
         assert await r.read_file(path) == data
         release.set()
