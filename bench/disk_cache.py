@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -204,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
         "reps": args.reps, "host": platform.node(), "cpus": os.cpu_count(),
         "targets": {t.name: {"version": t.version(), "flags": t.flags()} for t in tgts},
     }
+    cache_root = work / "disk-cache"
+    if args.cache_root:
+        cache_root = Path(tempfile.mkdtemp(prefix="ocifs-bench-caches-", dir=args.cache_root))
+        CLEANUP.push(f"caches {cache_root}", lambda: shutil.rmtree(cache_root, ignore_errors=True))
     sizes = parse_layers(args.layers)
     layers = make_layers(work, sizes)
     log(f"[bench] pushing {len(layers)} layers ({sum(sizes) // MiB} MiB) ...")
@@ -218,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for rep in range(args.reps):
             for t in tgts[rep % len(tgts):] + tgts[: rep % len(tgts)]:
-                t.cache = work / "disk-cache" / f"{t.name}-{rep}"
+                t.cache = cache_root / f"{t.name}-{rep}"
                 shutil.rmtree(t.cache, ignore_errors=True)
                 t.cache.mkdir(parents=True)
                 for phase in ("cold", "remount"):
@@ -308,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-size", type=int, default=10240, help="MiB bound of every target's disk cache (default 10240)")
     p.add_argument("--concurrency", type=int, default=16, help="S3 requests in flight (every target, as in the harness)")
     p.add_argument("--part-size", type=int, default=8, help="MiB per part / ranged GET (every target)")
+    p.add_argument("--cache-root", type=Path, default=None,
+                   help="where the targets' persistent caches live (default: the work dir, on the disk MinIO uses)")
     p.add_argument("--results", type=Path, default=None, help="results dir (default bench/results/disk-cache-<profile>-<date>)")
     args = p.parse_args(argv)
     if args.reps < 1:

@@ -41,9 +41,10 @@ the next :data:`READ_AHEAD` bytes.
 **Writes.** A blob read from S3 from its start gets a *fill*: every chunk of it that goes by
 (read, or read ahead) is offered, queued (bounded) and written in order of arrival by the fill's
 task, in this cache's own task group. One blob is hashed at a time (one core at most). A chunk
-offered while the queue is full is not queued (a later read of it offers it again): a disk
-slower than S3 never slows a read, it leaves the blob uncached. A fill that stops receiving
-chunks (the reader went away) is abandoned; at unmount, fills that have every chunk finish.
+offered while the queue is full is not queued: a disk slower than S3 never slows a read. Once
+every chunk went by, the fill fetches those it skipped itself, through the mount's chunk cache
+(memory, else a ranged GET). A fill that stops receiving chunks before that (the reader went
+away) is abandoned; at unmount, fills whose every chunk went by are finished (bounded).
 
 **Failure.** Disk trouble (ENOSPC, EIO, a deadline passed) never fails a read: the cache is
 turned off for that blob for the life of the process, with one log line, and the read goes to
@@ -73,7 +74,7 @@ import trio
 
 from ocifs.cachedir import make_dir
 from ocifs.config import Config
-from ocifs.content import Version
+from ocifs.content import FetchChunk, Version
 from ocifs.runtime import private_dir
 from ocifs.tasks import TaskGroup
 
@@ -179,27 +180,29 @@ class CachedBlob:
 class _Fill:
     """One blob on its way into the cache: chunks offered by the reader, written by one task."""
 
-    __slots__ = ("digest", "size", "chunk_size", "nchunks", "versions", "queue", "queued_bytes", "written", "wake", "skipped")
+    __slots__ = ("digest", "size", "chunk_size", "nchunks", "versions", "fetch", "queue", "queued_bytes", "seen", "written", "wake")
 
-    def __init__(self, digest: Digest, size: int, chunk_size: int) -> None:
+    def __init__(self, digest: Digest, size: int, chunk_size: int, fetch: FetchChunk) -> None:
         self.digest = digest
         self.size = size
         self.chunk_size = chunk_size
         self.nchunks = -(-size // chunk_size)
         self.versions: set[Version] = set()  # S3 objects with these bytes (same digest)
+        self.fetch = fetch  # a chunk again (from the memory cache, else S3), if one was skipped
         self.queue: dict[int, bytes] = {}  # offered, not written yet (in the order offered)
         self.queued_bytes = 0
+        self.seen: set[int] = set()  # offered at least once, queued or not
         self.written: set[int] = set()
         self.wake = trio.Event()
-        self.skipped = False  # a chunk went by while the queue was full
 
     def chunk_len(self, idx: int) -> int:
         return min(self.chunk_size, self.size - idx * self.chunk_size)
 
     @property
     def complete(self) -> bool:
-        """Every byte is written or queued: only the disk stands between it and the cache."""
-        return len(self.written) + len(self.queue) >= self.nchunks
+        """Every chunk went by: the blob was read (or read ahead) to its end, so it is kept
+        even if the disk fell behind meanwhile (the chunks skipped then are fetched again)."""
+        return len(self.seen) >= self.nchunks
 
 
 class _Temp:
@@ -265,8 +268,8 @@ class DiskCache:
         self.max_bytes = max_bytes
         self.chunk_size = chunk_size
         # Bytes of chunks a fill may hold before the disk wrote them (mostly the same buffers
-        # the chunk cache holds). Beyond it a chunk is not queued (a read of it offers it again):
-        # a disk slower than S3 never slows a read, it leaves the blob uncached (one info line).
+        # the chunk cache holds). Beyond it a chunk is not queued, so a disk slower than S3
+        # never slows a read; the fill fetches it again once the whole blob went by.
         self.max_queued = max(4 * chunk_size, max_queued)
         self.fill_idle_timeout = FILL_IDLE_TIMEOUT
         # One blob hashed at a time (set in start(), inside trio): at most one core for
@@ -468,16 +471,17 @@ class DiskCache:
             await self._io(IO_TIMEOUT, lambda: self._drop_path(path, st, why, blob.digest))
 
     # --- writes -----------------------------------------------------------------------------
-    def begin(self, digest: Digest, v: Version) -> None:
+    def begin(self, digest: Digest, v: Version, fetch: FetchChunk) -> None:
         """``v`` (a blob with this digest) is being read from S3 from its start: keep it once
-        all of its chunks went by (:meth:`offer`) and it hashes right."""
+        all of its chunks went by (:meth:`offer`) and it hashes right. ``fetch`` gets a chunk
+        of ``v`` through the mount's chunk cache (for the few a lagging disk had to skip)."""
         if self.group is None or self.group.closed or digest in self._off or digest in self._stored:
             return
         fill = self._fills.get(digest)
         if fill is None:
             if v.size == 0 or v.size > self.max_bytes:
                 return  # nothing to keep, or never fits
-            fill = _Fill(digest, v.size, self.chunk_size)
+            fill = _Fill(digest, v.size, self.chunk_size, fetch)
             self._fills[digest] = fill
             self.group.start_soon(self._fill, fill)
         elif fill.size != v.size:
@@ -492,9 +496,9 @@ class DiskCache:
             return
         if idx >= fill.nchunks or len(data) != fill.chunk_len(idx):
             return
+        fill.seen.add(idx)
         if fill.queued_bytes + len(data) > self.max_queued:
-            fill.skipped = True  # the disk is behind; a read of it will offer it again
-            return
+            return  # the disk is behind: a later offer, or the fill's own fetch, brings it
         fill.queue[idx] = data  # type: ignore[assignment]
         fill.queued_bytes += len(data)
         fill.wake.set()
@@ -506,16 +510,19 @@ class DiskCache:
             if temp is None:
                 return
             while len(fill.written) < fill.nchunks:
+                if not fill.queue and fill.complete:
+                    # All of it went by, but the disk fell behind and some chunks were not
+                    # queued: fetch them (usually still in memory), one at a time.
+                    if not await self._refetch(fill):
+                        return
                 if not fill.queue:
                     fill.wake = trio.Event()
                     with trio.move_on_after(self.fill_idle_timeout):
                         await fill.wake.wait()
-                    if not fill.queue:
-                        if fill.skipped:
-                            log.info("disk cache: not keeping blob %s: the disk did not keep up with S3", _digest_name(fill.digest))
-                        else:
-                            log.debug("disk cache: not keeping blob %s: not read to its end", _digest_name(fill.digest))
+                    if not fill.queue and not fill.complete:
+                        log.debug("disk cache: not keeping blob %s: not read to its end", _digest_name(fill.digest))
                         return
+                    continue
                 # Everything queued, in one trip to a worker thread; chunks stay queued until
                 # written, so none is queued twice meanwhile.
                 batch = list(fill.queue.items())
@@ -543,6 +550,21 @@ class DiskCache:
             fill.queue.clear()
             if temp is not None:
                 temp.discard()
+
+    async def _refetch(self, fill: _Fill) -> bool:
+        """Queue the first chunk that is neither written nor queued; False: it cannot be had."""
+        idx = min(set(range(fill.nchunks)) - fill.written - fill.queue.keys())
+        try:
+            with trio.fail_after(IO_TIMEOUT):
+                data = await fill.fetch(idx)
+        except Exception as exc:  # S3 said no (object gone, changed): not a disk failure
+            log.debug("disk cache: not keeping blob %s: chunk %d: %s", _digest_name(fill.digest), idx, exc)
+            return False
+        self.stats["refetched"] += 1
+        if idx not in fill.written and idx not in fill.queue:
+            fill.queue[idx] = data
+            fill.queued_bytes += len(data)
+        return True
 
     def _reserve(self, fill: _Fill) -> _Temp | None:
         """Make room for the blob and create its temp file at full size, under the lock."""

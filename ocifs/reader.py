@@ -15,6 +15,7 @@ read ahead), and kept once all of it went by and it hashes right.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 
@@ -153,7 +154,7 @@ class Reader:
             st.disk = await self.disk.open(st.digest, v.size)
         if st.disk is None:
             if off == 0:
-                self.disk.begin(st.digest, v)
+                self.disk.begin(st.digest, v, functools.partial(self.chunk, v))
             return None
         data = await self.disk.read(st.disk, off, end - off)
         if data is None:

@@ -6,7 +6,6 @@ files. A remount is a new daemon (`ocifs umount` + `ocifs mount`) with the same 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import random
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Bucket, Mount, is_mounted, ocifs_bin, oras, run
+from diskcache_util import UsageSampler, cache_path, cached, temp_files
 from ocifs import diskcache, metrics
 
 MiB = 1024 * 1024
@@ -42,12 +42,6 @@ def sha(data: bytes) -> str:
 
 def disk_args(d: Path, size_mib: int | None = None) -> list[str]:
     return ["--disk-cache", str(d)] + ([] if size_mib is None else ["--disk-cache-size", str(size_mib)])
-
-
-def cached(d: Path) -> dict[str, int]:
-    """name -> size of every file in the cache's blob directories."""
-    root = d / diskcache.ROOT_NAME
-    return {p.name: p.stat().st_size for alg in diskcache.ALGORITHMS if (root / alg).is_dir() for p in (root / alg).iterdir()}
 
 
 def layer_files(seed: int, sizes: dict[str, int]) -> dict[str, bytes]:
@@ -95,7 +89,7 @@ def wait_cached(d: Path, names: set[str], timeout: float = 60) -> None:
 
 def assert_all_verify(d: Path) -> None:
     for name in cached(d):
-        assert sha((d / diskcache.ROOT_NAME / "sha256" / name).read_bytes()) == name
+        assert sha(cache_path(d, name).read_bytes()) == name
 
 
 # --- served from disk --------------------------------------------------------------------------
@@ -154,7 +148,7 @@ def test_a_corrupted_cache_file_is_not_served(bucket, mount_factory, tmp_path, d
     m.remount()
     pull(m, "app:v1", tmp_path / "cold", files)
     m.umount()
-    f = d / diskcache.ROOT_NAME / "sha256" / digest
+    f = cache_path(d, digest)
     with open(f, "r+b") as fp:
         if damage == "flipped byte":
             fp.seek(5 * MiB + 3)
@@ -263,42 +257,8 @@ def test_two_mounts_share_the_cache_dir(bucket, mount_factory, tmp_path):
     b.umount()
     assert sha(big["big.bin"]) in cached(d)
     assert_all_verify(d)
-    assert os.listdir(d / diskcache.ROOT_NAME / "tmp") == []
+    assert temp_files(d) == []
     assert "disk cache:" not in a.log + b.log
-
-
-class Sampler(threading.Thread):
-    """The cache's size every few milliseconds, under the cache's own lock (as ocifs scans:
-    so no eviction and reservation pair falls between the two directories read); blob
-    directories before temp files, so a rename meanwhile is missed, never counted twice."""
-
-    def __init__(self, d: Path) -> None:
-        super().__init__(daemon=True)
-        self.root = d / diskcache.ROOT_NAME
-        self.peak = 0
-        self.samples = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        fd = os.open(self.root / "lock", os.O_RDWR)
-        try:
-            while not self.stop.is_set():
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    total = 0
-                    for sub in (*diskcache.ALGORITHMS, "tmp"):
-                        for e in os.scandir(self.root / sub):
-                            try:
-                                total += e.stat(follow_symlinks=False).st_size
-                            except FileNotFoundError:
-                                pass
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                self.peak = max(self.peak, total)
-                self.samples += 1
-                time.sleep(0.002)
-        finally:
-            os.close(fd)
 
 
 def test_the_size_bound_holds_with_two_mounts_pulling_at_once(bucket, mount_factory, tmp_path):
@@ -313,7 +273,7 @@ def test_the_size_bound_holds_with_two_mounts_pulling_at_once(bucket, mount_fact
     for repo, files in repos.items():
         push(a, f"{repo}:v1", files, tmp_path)
     a.remount()
-    sampler = Sampler(d)
+    sampler = UsageSampler(d, interval=0.002)
     sampler.start()
     errors: list[BaseException] = []
 
@@ -332,12 +292,11 @@ def test_the_size_bound_holds_with_two_mounts_pulling_at_once(bucket, mount_fact
     evicted = stats(a)["ocifs_disk_cache_evicted_total"] + stats(b)["ocifs_disk_cache_evicted_total"]
     a.umount()
     b.umount()
-    sampler.stop.set()
-    sampler.join()
+    peak = sampler.finish()
     assert not errors, errors
     total = sum(len(x) for files in repos.values() for x in files.values())
     assert total > 2 * bound * MiB  # far more than fits: eviction had to work
     assert sampler.samples > 50 and evicted > 0
-    assert sampler.peak <= bound * MiB, f"the cache held {sampler.peak} bytes; bound {bound} MiB"
+    assert peak <= bound * MiB, f"the cache held {peak} bytes; bound {bound} MiB"
     assert sum(cached(d).values()) <= bound * MiB
     assert_all_verify(d)

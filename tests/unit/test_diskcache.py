@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from fakes3 import FakeS3
+from diskcache_util import UsageSampler, cache_path, cached, temp_files
 from fsrig import MiB, Rig, run
 from ocifs import diskcache, errors, settings
 from ocifs.diskcache import STAMP_NS, DiskCache
@@ -40,20 +41,6 @@ def blob(repo: str, data: bytes) -> tuple[str, str]:
 
 def gets(s3: FakeS3) -> int:
     return sum(1 for c in s3.calls if c.op == "GetObject")
-
-
-def cached_files(cache: Path) -> dict[str, int]:
-    """Every file in the cache's blob directories: name -> size."""
-    root = cache / diskcache.ROOT_NAME
-    return {p.name: p.stat().st_size for alg in diskcache.ALGORITHMS for p in (root / alg).iterdir()}
-
-
-def temp_files(cache: Path) -> list[str]:
-    return os.listdir(cache / diskcache.ROOT_NAME / "tmp")
-
-
-def cache_path(cache: Path, hexd: str) -> Path:
-    return cache / diskcache.ROOT_NAME / "sha256" / hexd
 
 
 async def unmount(r: Rig) -> None:
@@ -95,7 +82,7 @@ def test_a_blob_read_once_is_read_with_no_get_after_a_remount(tmp_path):
         await unmount(r)
 
     mount(first, tmp_path, s3, cache)
-    assert cached_files(cache) == {hexd: len(data)}
+    assert cached(cache) == {hexd: len(data)}
     assert cache_path(cache, hexd).stat().st_mtime_ns == STAMP_NS
     assert temp_files(cache) == []
     mount(second, tmp_path, s3, cache)
@@ -146,7 +133,7 @@ def test_the_same_blob_in_two_repos_and_two_buckets_is_one_entry(tmp_path):
 
     mount(read_a, tmp_path, one, cache)
     mount(read_b, tmp_path, two, cache)
-    assert list(cached_files(cache)) == [hexd]
+    assert list(cached(cache)) == [hexd]
 
 
 def test_a_blob_is_served_from_disk_by_later_opens_of_the_same_mount(tmp_path):
@@ -187,7 +174,7 @@ def test_mutable_files_are_never_cached(tmp_path):
         assert gets(r.s3) > before
 
     mount(go, tmp_path, s3, cache)
-    assert cached_files(cache) == {} and temp_files(cache) == []
+    assert cached(cache) == {} and temp_files(cache) == []
     mount(again, tmp_path, s3, cache)
 
 
@@ -208,7 +195,7 @@ def test_a_blob_deleted_from_s3_is_not_found_although_it_is_cached(tmp_path):
         assert exc.value.errno == errno.ENOENT
 
     mount(first, tmp_path, s3, cache)
-    assert hexd in cached_files(cache)
+    assert hexd in cached(cache)
     mount(second, tmp_path, s3, cache, metadata_ttl=0)
 
 
@@ -285,7 +272,7 @@ def test_a_blob_whose_object_does_not_hash_to_its_name_is_not_cached(tmp_path, c
 
     with caplog.at_level(logging.WARNING, logger="ocifs.diskcache"):
         mount(go, tmp_path, s3, cache)
-    assert cached_files(cache) == {} and temp_files(cache) == []
+    assert cached(cache) == {} and temp_files(cache) == []
     assert any("hashes to" in m and "not cached" in m for m in caplog.messages), caplog.messages
 
 
@@ -333,34 +320,60 @@ def test_a_blob_read_only_in_part_is_not_cached_and_its_temp_file_goes(tmp_path)
         assert temp_files(cache) == []
 
     mount(go, tmp_path, s3, cache, max_readahead=MiB)
-    assert cached_files(cache) == {}
+    assert cached(cache) == {}
 
 
-def test_a_disk_slower_than_s3_never_slows_a_read_and_leaves_the_blob_uncached(tmp_path, monkeypatch, caplog):
+def test_a_disk_slower_than_s3_never_slows_a_read_and_the_blob_is_still_kept(tmp_path, monkeypatch):
+    """Chunks offered while the fill's queue is full are not queued; once the whole blob went
+    by, the fill takes them again from the memory cache (no GET)."""
     s3, cache = FakeS3(), tmp_path / "disk"
     data = body(12 * MiB, 19)
-    path, _ = blob("repo", data)
+    path, hexd = blob("repo", data)
     s3.seed(path, data)
     slow_write = diskcache._pwrite_all
 
     def slow(fd: int, data: bytes, offset: int) -> None:
-        time.sleep(0.2)
+        time.sleep(0.1)
         slow_write(fd, data, offset)
 
     async def go(r: Rig):
         monkeypatch.setattr(diskcache, "_pwrite_all", slow)
         r.ops.disk.max_queued = MiB  # one chunk
-        r.ops.disk.fill_idle_timeout = 0.5
         started = trio.current_time()
         assert await r.read_file(path) == data
-        assert trio.current_time() - started < 1.0  # not 12 x 0.2 s: reads never wait for the disk
-        await settled(r)
-        assert temp_files(cache) == []
+        assert trio.current_time() - started < 0.6  # not 12 x 0.1 s: reads never wait for the disk
+        before = gets(r.s3)
+        await unmount(r)
+        assert gets(r.s3) == before
+        assert r.ops.disk.stats["refetched"] > 0
 
-    with caplog.at_level(logging.INFO, logger="ocifs.diskcache"):
-        mount(go, tmp_path, s3, cache, max_readahead=8 * MiB)
-    assert cached_files(cache) == {}
-    assert any("the disk did not keep up with S3" in m for m in caplog.messages), caplog.messages
+    mount(go, tmp_path, s3, cache, max_readahead=8 * MiB)
+    assert cached(cache) == {hexd: len(data)}
+
+
+def test_a_skipped_chunk_no_longer_in_memory_is_fetched_again(tmp_path, monkeypatch):
+    s3, cache = FakeS3(), tmp_path / "disk"
+    data = body(6 * MiB, 20)
+    path, hexd = blob("repo", data)
+    s3.seed(path, data)
+    real_offer = diskcache.DiskCache.offer
+
+    def offer_drops_chunk_3(self, v, idx, chunk):
+        if idx != 3:
+            real_offer(self, v, idx, chunk)
+        elif (fill := self._by_version.get(v)) is not None:
+            fill.seen.add(idx)  # it went by, the queue was full
+
+    async def go(r: Rig):
+        monkeypatch.setattr(diskcache.DiskCache, "offer", offer_drops_chunk_3)
+        assert await r.read_file(path) == data
+        r.ops.cache.invalidate_key(path)
+        before = [c.part for c in r.s3.calls if c.op == "GetObject"]
+        await unmount(r)
+        assert len([c for c in r.s3.calls if c.op == "GetObject"]) == len(before) + 1
+
+    mount(go, tmp_path, s3, cache, max_readahead=MiB)
+    assert cached(cache) == {hexd: len(data)}
 
 
 def test_a_blob_read_from_the_middle_only_starts_no_fill(tmp_path):
@@ -389,7 +402,7 @@ def test_a_blob_bigger_than_the_bound_is_not_cached(tmp_path):
         await unmount(r)
 
     mount(go, tmp_path, s3, cache, disk_cache_size=2 * MiB)
-    assert cached_files(cache) == {} and temp_files(cache) == []
+    assert cached(cache) == {} and temp_files(cache) == []
 
 
 def test_the_unmount_finishes_a_fill_that_has_every_byte(tmp_path):
@@ -404,7 +417,7 @@ def test_the_unmount_finishes_a_fill_that_has_every_byte(tmp_path):
         await unmount(r)  # no settle before: shutdown itself waits
 
     mount(go, tmp_path, s3, cache)
-    assert cached_files(cache) == {hexd: len(data)}
+    assert cached(cache) == {hexd: len(data)}
 
 
 # --- a failing disk ---------------------------------------------------------------------------
@@ -429,7 +442,7 @@ def test_a_full_disk_turns_the_cache_off_for_that_blob_with_one_log_line(tmp_pat
         mount(go, tmp_path, s3, cache)
     lines = [m for m in caplog.messages if "disk cache" in m]
     assert len(lines) == 1 and "No space left on device" in lines[0], lines
-    assert cached_files(cache) == {}
+    assert cached(cache) == {}
 
 
 @pytest.mark.parametrize("where", ["page cache", "disk"])
@@ -513,7 +526,7 @@ def test_eviction_removes_the_least_recently_used_blob(tmp_path):
         assert r.ops.disk.stats["evicted"] == 1
 
     mount(go, tmp_path, s3, cache, disk_cache_size=3 * MiB)
-    assert set(cached_files(cache)) == {blobs[n][1] for n in "acd"}
+    assert set(cached(cache)) == {blobs[n][1] for n in "acd"}
 
 
 def test_a_smaller_bound_takes_effect_at_mount(tmp_path):
@@ -534,48 +547,9 @@ def test_a_smaller_bound_takes_effect_at_mount(tmp_path):
         pass
 
     mount(fill, tmp_path, s3, cache, disk_cache_size=8 * MiB)
-    assert len(cached_files(cache)) == 4
+    assert len(cached(cache)) == 4
     mount(nothing, tmp_path, s3, cache, disk_cache_size=2 * MiB)
-    assert sum(cached_files(cache).values()) <= 2 * MiB
-
-
-class UsageSampler(threading.Thread):
-    """Sums the sizes in the cache every millisecond from another thread, holding the cache's
-    lock as a scan of ocifs does: without it, a scan that reads the blob directories before
-    an eviction and the temp directory after the reservation that followed would add up two
-    states that never existed at once. Renames (temp to blob) need no lock; blob directories
-    are read first, so a file renamed meanwhile is missed at most, never counted twice."""
-
-    def __init__(self, cache: Path) -> None:
-        super().__init__(daemon=True)
-        self.root = cache / diskcache.ROOT_NAME
-        self.peak = 0
-        self.samples = 0
-        self.stop = threading.Event()
-
-    def usage(self) -> int:
-        total = 0
-        for d in (*diskcache.ALGORITHMS, "tmp"):
-            for e in os.scandir(self.root / d):
-                try:
-                    total += e.stat(follow_symlinks=False).st_size
-                except FileNotFoundError:
-                    pass
-        return total
-
-    def run(self) -> None:
-        fd = os.open(self.root / "lock", os.O_RDWR)
-        try:
-            while not self.stop.is_set():
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    self.peak = max(self.peak, self.usage())
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                self.samples += 1
-                time.sleep(0.001)
-        finally:
-            os.close(fd)
+    assert sum(cached(cache).values()) <= 2 * MiB
 
 
 def test_the_bound_holds_with_several_mounts_writing_at_once(tmp_path):
@@ -623,13 +597,12 @@ def test_the_bound_holds_with_several_mounts_writing_at_once(tmp_path):
         return stored, evicted
 
     stored, evicted = trio.run(main)
-    sampler.stop.set()
-    sampler.join()
+    peak = sampler.finish()
     assert sampler.samples > 20, sampler.samples
     assert stored >= 10 and evicted >= 5, (stored, evicted)
-    assert sampler.peak <= 5 * MiB, f"the cache held {sampler.peak} bytes, bound {5 * MiB}"
+    assert peak <= 5 * MiB, f"the cache held {peak} bytes, bound {5 * MiB}"
     assert temp_files(cache) == []
-    for name in cached_files(cache):
+    for name in cached(cache):
         assert hashlib.sha256(cache_path(cache, name).read_bytes()).hexdigest() == name
 
 
@@ -670,7 +643,7 @@ def test_two_mounts_reading_one_new_blob_at_once_both_fill_harmlessly(tmp_path, 
         results, stored = trio.run(main)
     assert results == {0: data, 1: data}
     assert stored == [1, 1]  # both wrote it; the second rename replaced an identical file
-    assert cached_files(cache) == {hexd: len(data)} and temp_files(cache) == []
+    assert cached(cache) == {hexd: len(data)} and temp_files(cache) == []
     assert [m for m in caplog.messages if "disk cache" in m] == []
 
 
