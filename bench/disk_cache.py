@@ -201,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
         tgts.append(t)
 
     machine = {
-        "argv": sys.argv, "profile": args.profile, "profile_doc": PROFILES[args.profile]["doc"],
-        "reps": args.reps, "host": platform.node(), "cpus": os.cpu_count(),
+        "argv": ["python", "-m", "bench.disk_cache", *sys.argv[1:]], "profile": args.profile, "profile_doc": PROFILES[args.profile]["doc"],
+        "reps": args.reps, "host": platform.node(), "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
         "targets": {t.name: {"version": t.version(), "flags": t.flags()} for t in tgts},
     }
     cache_root = work / "disk-cache"
@@ -277,23 +277,26 @@ def render(records: list[dict], machine: dict) -> str:
         f"# Pull after remount with a persistent cache ({machine['profile']}: {machine['profile_doc']})",
         "",
         f"Image: {len(machine['layers'])} layers, {sum(machine['layers']) // MiB} MiB; "
-        f"{machine['reps']} interleaved repetitions, medians. `{' '.join(machine['argv'])}`",
+        f"{machine['reps']} interleaved repetitions, medians; load average {machine['loadavg_at_start'][0]:.1f} at the start, "
+        f"{machine['loadavg_at_end'][0]:.1f} at the end. `{' '.join(machine['argv'])}`",
         "",
-        "| target | cold pull s | cold MiB/s | remount pull s | remount MiB/s | speed-up | GETs cold / remount | MiB from S3 cold / remount | cache dir MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | cold pull s | remount pull s | speed-up | GETs cold / remount | MiB from S3 cold / remount | daemon CPU s cold / remount | cache dir MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in machine["targets"]:
         by = {p: [r for r in records if r["target"] == name and r["phase"] == p and r["ok"]] for p in ("cold", "remount")}
         if not by["cold"] or not by["remount"]:
-            lines.append(f"| {name} | failed | | | | | | | |")
+            lines.append(f"| {name} | failed | | | | | | |")
             continue
-        med = {p: {k: median([r[k] for r in rs]) for k in ("seconds", "mibps", "gets", "s3_mib_sent", "cache_dir_mib")}
-               for p, rs in by.items()}
+        keys = ("seconds", "gets", "s3_mib_sent", "daemon_cpu_s", "cache_dir_mib")
+        med = {p: {k: median([r[k] for r in rs if r.get(k) is not None]) for k in keys} for p, rs in by.items()}
         c, w = med["cold"], med["remount"]
+        spread = {p: f"{min(r['seconds'] for r in rs):.2f}–{max(r['seconds'] for r in rs):.2f}" for p, rs in by.items()}
         lines.append(
-            f"| {name} | {c['seconds']:.2f} | {c['mibps']:.0f} | {w['seconds']:.2f} | {w['mibps']:.0f} | "
+            f"| {name} | {c['seconds']:.2f} ({spread['cold']}) | {w['seconds']:.2f} ({spread['remount']}) | "
             f"{c['seconds'] / w['seconds']:.1f}x | {c['gets']:.0f} / {w['gets']:.0f} | "
-            f"{c['s3_mib_sent']:.0f} / {w['s3_mib_sent']:.0f} | {w['cache_dir_mib']:.0f} |"
+            f"{c['s3_mib_sent']:.0f} / {w['s3_mib_sent']:.0f} | {c['daemon_cpu_s']:.2f} / {w['daemon_cpu_s']:.2f} | "
+            f"{w['cache_dir_mib']:.0f} |"
         )
     lines += ["", "Flags:", ""]
     for name, t in machine["targets"].items():

@@ -95,6 +95,8 @@ SLOWEST_DISK = 20 * 1024 * 1024  # bytes per second
 LOCK_TIMEOUT = 20.0  # waiting for another process's scan; inside the thread, below IO_TIMEOUT
 # A fill whose blob stops arriving (the reader went away after part of it) is abandoned.
 FILL_IDLE_TIMEOUT = 60.0
+# A chunk a fill fetches itself (memory cache, else a ranged GET) arrives within this.
+REFETCH_TIMEOUT = 60.0
 HASH_BLOCK = 4 * 1024 * 1024
 # How far ahead of a read from the disk the page cache is filled in the background.
 READ_AHEAD = 16 * 1024 * 1024
@@ -280,7 +282,6 @@ class DiskCache:
         self._fills: dict[Digest, _Fill] = {}
         self._by_version: dict[Version, _Fill] = {}
         self._off: set[Digest] = set()  # the disk failed for these: S3 only, for this process
-        self._stored: set[Digest] = set()  # put in the cache by this process
         self.stats: collections.Counter[str] = collections.Counter()
         self.used_bytes = 0  # as of this process's last scan (a gauge)
 
@@ -311,13 +312,13 @@ class DiskCache:
         self.group = await TaskGroup.open(nursery, "disk cache")
 
     async def settle(self, timeout: float) -> None:
-        """Wait (bounded) until every fill that has all its bytes is written and renamed."""
+        """Wait (bounded) until every fill whose chunks all went by is written and renamed."""
         with trio.move_on_after(timeout):
             while any(f.complete for f in self._fills.values()):
                 await trio.sleep(0.02)
 
     async def aclose(self, timeout: float) -> None:
-        """Unmount: let fills that have all their bytes finish (bounded), cancel the rest."""
+        """Unmount: let fills whose chunks all went by finish (bounded), cancel the rest."""
         await self.settle(timeout)
         for f in self._fills.values():
             log.info("disk cache: not keeping blob %s: unmounted with %d of its %d chunks", _digest_name(f.digest), len(f.written) + len(f.queue), f.nchunks)
@@ -475,7 +476,7 @@ class DiskCache:
         """``v`` (a blob with this digest) is being read from S3 from its start: keep it once
         all of its chunks went by (:meth:`offer`) and it hashes right. ``fetch`` gets a chunk
         of ``v`` through the mount's chunk cache (for the few a lagging disk had to skip)."""
-        if self.group is None or self.group.closed or digest in self._off or digest in self._stored:
+        if self.group is None or self.group.closed or digest in self._off:
             return
         fill = self._fills.get(digest)
         if fill is None:
@@ -537,8 +538,9 @@ class DiskCache:
             if await self._io(_verify_deadline(fill.size), commit, limiter=self._hashing):
                 temp = None  # renamed into place: a blob now, not a temp file
                 done.close()  # releases its flock
-                self._stored.add(fill.digest)
                 self.stats["stored"] += 1
+            else:
+                self._off.add(fill.digest)  # S3's object is not the blob: do not try again
         except (OSError, trio.TooSlowError) as exc:
             self._turn_off(fill.digest, "write", exc)
         finally:
@@ -555,7 +557,7 @@ class DiskCache:
         """Queue the first chunk that is neither written nor queued; False: it cannot be had."""
         idx = min(set(range(fill.nchunks)) - fill.written - fill.queue.keys())
         try:
-            with trio.fail_after(IO_TIMEOUT):
+            with trio.fail_after(REFETCH_TIMEOUT):
                 data = await fill.fetch(idx)
         except Exception as exc:  # S3 said no (object gone, changed): not a disk failure
             log.debug("disk cache: not keeping blob %s: chunk %d: %s", _digest_name(fill.digest), idx, exc)
