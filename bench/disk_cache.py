@@ -40,6 +40,7 @@ from bench.common import (
     minio_metrics, start_minio,
 )
 from bench.data import Pattern
+from bench.harness import ocifs_git
 from bench.mount_vs_raw import parse_size
 from bench.netem import PROFILES, start_toxiproxy
 
@@ -203,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     machine = {
         "argv": ["python", "-m", "bench.disk_cache", *sys.argv[1:]], "profile": args.profile, "profile_doc": PROFILES[args.profile]["doc"],
         "reps": args.reps, "host": platform.node(), "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
+        "ocifs_git": ocifs_git(),
         "targets": {t.name: {"version": t.version(), "flags": t.flags()} for t in tgts},
     }
     cache_root = work / "disk-cache"
@@ -278,7 +280,7 @@ def render(records: list[dict], machine: dict) -> str:
         "",
         f"Image: {len(machine['layers'])} layers, {sum(machine['layers']) // MiB} MiB; "
         f"{machine['reps']} interleaved repetitions, medians; load average {machine['loadavg_at_start'][0]:.1f} at the start, "
-        f"{machine['loadavg_at_end'][0]:.1f} at the end. `{' '.join(machine['argv'])}`",
+        f"{machine['loadavg_at_end'][0]:.1f} at the end; ocifs {machine['ocifs_git']}. `{' '.join(machine['argv'])}`",
         "",
         "| target | cold pull s | remount pull s | speed-up | GETs cold / remount | MiB from S3 cold / remount | daemon CPU s cold / remount | cache dir MiB |",
         "|---|---|---|---|---|---|---|---|",

@@ -368,6 +368,7 @@ def test_a_skipped_chunk_no_longer_in_memory_is_fetched_again(tmp_path, monkeypa
 
     async def go(r: Rig):
         monkeypatch.setattr(diskcache.DiskCache, "offer", offer_drops_chunk_3)
+        r.ops.disk.max_queued = 64 * MiB  # no other chunk is skipped, however late the disk
         assert await r.read_file(path) == data
         await unmount(r)
         assert gets(r.s3) == 6 + 1  # each chunk once for the reader, chunk 3 again for the fill
@@ -406,13 +407,19 @@ def test_a_blob_bigger_than_the_bound_is_not_cached(tmp_path):
     assert cached(cache) == {} and temp_files(cache) == []
 
 
-def test_the_unmount_finishes_a_fill_that_has_every_byte(tmp_path):
+def test_the_unmount_finishes_a_fill_that_has_every_byte(tmp_path, monkeypatch):
     s3, cache = FakeS3(), tmp_path / "disk"
     data = body(4 * MiB, 15)
     path, hexd = blob("repo", data)
     s3.seed(path, data)
+    real_commit = DiskCache._commit
+
+    def slow_commit(self, fill, fd, path):
+        time.sleep(0.5)  # a big blob's hash
+        return real_commit(self, fill, fd, path)
 
     async def go(r: Rig):
+        monkeypatch.setattr(DiskCache, "_commit", slow_commit)
         await r.read_file(path)
         assert r.ops.disk._fills, "the fill should still be running here"
         await unmount(r)  # no settle before: shutdown itself waits
