@@ -37,12 +37,18 @@ LOCK_WAIT = 10.0  # seconds to wait while another daemon sorts out leftovers
 _held: list[int] = []  # this process's lock on its staging dir (open while it runs)
 
 
+def make_dir(path: Path, what: str) -> None:
+    """Create ``path`` (mode 0700) if it is missing; an existing one is left as it is (it may
+    be shared): what must be private goes into a subdirectory checked by ``private_dir``."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.OcifsError(f"cannot create {what} {path}: {exc.strerror}") from None
+
+
 def prepare_cache_dir(cfg: Config) -> None:
     """Make the cache and staging directories ready; deal with leftovers of a run that died."""
-    try:
-        cfg.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise errors.OcifsError(f"cannot create cache directory {cfg.cache_dir}: {exc.strerror}") from None
+    make_dir(cfg.cache_dir, "cache directory")
     hint = "remove it, or use another --cache-dir"
     private_dir(cfg.staging_dir, os.geteuid(), hint)
     fd = os.open(cfg.staging_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -53,6 +53,10 @@ class Config:
     zero_copy: bool = default("zero_copy")
     # Hash blobs read front to back and fail the last read (EIO) if the digest is wrong.
     verify_reads: bool = default("verify_reads")
+    # Persistent blob cache on local disk (ocifs.diskcache): None = off. Blobs never change,
+    # so verified copies serve every later mount, and every ocifs process sharing the directory.
+    disk_cache: Path | None = None
+    disk_cache_size: int = default("disk_cache_size")  # bytes of cache files at most
     log_level: str = default("log_level")
     log_format: str = default("log_format")
     log_file: Path | None = None
@@ -127,6 +131,8 @@ def from_values(values: Mapping[str, Any]) -> Config:
         op_timeout=values["op_timeout"],
         zero_copy=values["zero_copy"],
         verify_reads=values["verify_reads"],
+        disk_cache=Path(values["disk_cache"]).resolve() if values["disk_cache"] else None,
+        disk_cache_size=values["disk_cache_size"] * MiB,
         log_level=values["log_level"],
         log_format=values["log_format"],
         log_file=values["log_file"],

@@ -26,6 +26,7 @@ import trio
 from ocifs import errors, store
 from ocifs.cache import ChunkCache
 from ocifs.config import MiB, Config
+from ocifs.diskcache import DiskCache
 from ocifs.files import Files
 from ocifs.layout import join, name_to_str, parent_of
 from ocifs.markers import Markers
@@ -121,7 +122,8 @@ class Operations(pyfuse3.Operations):
         self.s3 = s3
         self.ns = Namespace(cfg, s3)
         self.cache = ChunkCache(cfg.cache_size, cfg.chunk_size)
-        self.reader = Reader(cfg, s3, self.cache)
+        self.disk = DiskCache.from_config(cfg)  # None unless --disk-cache
+        self.reader = Reader(cfg, s3, self.cache, self.disk)
         self.markers = Markers(s3, self.ns)
         self.publisher = Publisher(cfg, s3, self.ns, self.reader, on_published=self.markers.filled)
         self.files = Files(cfg, s3, self.ns, self.reader, self.publisher, self.markers, self._get_nursery)
@@ -137,6 +139,8 @@ class Operations(pyfuse3.Operations):
         self.nursery = nursery
         self.reader.group = await TaskGroup.open(nursery, "read-ahead")
         self.markers.group = await TaskGroup.open(nursery, "directory markers")
+        if self.disk is not None:
+            await self.disk.start(nursery)
 
     def _get_nursery(self) -> trio.Nursery:
         assert self.nursery is not None, "the nursery is set when the mount starts"
@@ -426,6 +430,8 @@ class Operations(pyfuse3.Operations):
         settle directory markers."""
         await self.files.shutdown(self.cfg.op_timeout)
         await self.markers.settle(timeout=min(60.0, self.cfg.op_timeout))
+        if self.disk is not None:
+            await self.disk.aclose(timeout=min(60.0, self.cfg.op_timeout))
 
     def counters(self) -> dict[str, float]:
         """Everything `ocifs stats` shows (see metrics.render for the names)."""
@@ -439,6 +445,8 @@ class Operations(pyfuse3.Operations):
         out["inodes"] = len(self.ns.nodes)
         out["uploads.active"] = sum(1 for n in self.ns.nodes.values() for s in n.sessions.values() if s.dirty)
         out["readahead.window_bytes"] = max((h.read.readahead.window for h in self.files.handles.values()), default=0)
+        if self.disk is not None:
+            out.update(self.disk.counters())
         return out
 
 

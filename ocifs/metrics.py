@@ -35,6 +35,13 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "inodes": ("ocifs_inodes", "gauge", "inodes the kernel knows about"),
     "uploads.active": ("ocifs_uploads_active", "gauge", "files with writes not yet published"),
     "readahead.window_bytes": ("ocifs_readahead_window_bytes", "gauge", "largest read-ahead window of any open file"),
+    "disk.hits": ("ocifs_disk_cache_hits_total", "counter", "blob opens served from the --disk-cache (no GET)"),
+    "disk.misses": ("ocifs_disk_cache_misses_total", "counter", "blob opens the --disk-cache could not serve"),
+    "disk.stored": ("ocifs_disk_cache_stored_total", "counter", "blobs verified and written to the --disk-cache"),
+    "disk.evicted": ("ocifs_disk_cache_evicted_total", "counter", "blobs this mount evicted from the --disk-cache (least recently used)"),
+    "disk.dropped": ("ocifs_disk_cache_dropped_total", "counter", "cache files found wrong (size or digest, when opened or written) and removed"),
+    "disk.errors": ("ocifs_disk_cache_errors_total", "counter", "disk failures; the blob is then read from S3"),
+    "disk.bytes": ("ocifs_disk_cache_bytes", "gauge", "bytes in the --disk-cache at this mount's last scan"),
 }
 _LABEL = {"requests": "op", "errors": "op", "bytes": "direction"}
 

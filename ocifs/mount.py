@@ -104,6 +104,8 @@ def run(cfg: Config, mountpoint: Path, ready_fd: int | None = None) -> None:
         marks = None if cfg.read_only else GcMarks(s3, cfg.metadata_ttl, slack=75.0 + cfg.metadata_ttl)
         ops = Operations(cfg, s3 if marks is None else GuardedStore(s3, marks))
         ops.ns.gc_marks = marks
+        if ops.disk is not None:
+            ops.disk.prepare()  # before mounting: a bad --disk-cache is a one-line error
         try:
             pyfuse3.init(ops, str(mountpoint), fuse_options(cfg))
         except RuntimeError as exc:

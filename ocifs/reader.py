@@ -6,19 +6,26 @@ never mixed with the old one: the GET fails with PreconditionFailed instead, and
 (:mod:`ocifs.files`) decides what that means for its handle. Sequential readers get a growing
 read-ahead window (:mod:`ocifs.prefetch`), fetched in the background by this service's own task
 group; each background GET has a deadline, and its failure is only a miss for the real read.
+
+With ``--disk-cache``, a blob is looked up by digest on local disk before any GET
+(:mod:`ocifs.diskcache`): found whole, its bytes come from there and never from S3. A blob read
+from S3 from its start is offered to that cache chunk by chunk as the chunks go by (read or
+read ahead), and kept once all of it went by and it hashes right.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 
 import trio
 
 from ocifs import errors
-from ocifs.cache import ChunkCache
+from ocifs.cache import ChunkCache, Fetch
 from ocifs.config import Config
 from ocifs.content import Content, FetchChunk, Version
+from ocifs.diskcache import CachedBlob, Digest, DiskCache
 from ocifs.layout import blob_digest
 from ocifs.prefetch import ReadAhead
 from ocifs.store import ObjectStore
@@ -30,7 +37,7 @@ log = logging.getLogger(__name__)
 class ReadState:
     """How one open handle reads the committed version it was opened on."""
 
-    __slots__ = ("pin", "readahead", "returned", "verify", "verify_pos", "corrupt")
+    __slots__ = ("pin", "readahead", "returned", "verify", "verify_pos", "corrupt", "digest", "disk", "disk_checked")
 
     def __init__(self, pin: Version | None, readahead: ReadAhead) -> None:
         self.pin = pin  # None: nothing committed when opened (a file another process is creating)
@@ -39,30 +46,49 @@ class ReadState:
         self.verify: "hashlib._Hash | None" = None  # --verify-reads: sequential hash of a blob
         self.verify_pos = 0
         self.corrupt = False  # --verify-reads found the blob wrong: every later read fails too
+        self.digest: Digest | None = None  # a blob the disk cache may serve or keep
+        self.disk: CachedBlob | None = None  # the disk cache's copy, when it serves this state
+        self.disk_checked = False
 
 
 class Reader:
-    def __init__(self, cfg: Config, s3: ObjectStore, cache: ChunkCache) -> None:
+    def __init__(self, cfg: Config, s3: ObjectStore, cache: ChunkCache, disk: DiskCache | None = None) -> None:
         self.cfg = cfg
         self.s3 = s3
         self.cache = cache
+        self.disk = disk  # --disk-cache: blobs by digest on local disk
         self.group: TaskGroup | None = None  # read-ahead tasks; set when the mount starts
         # Read-ahead never plans more than half the cache per file, or it evicts itself.
         self.max_window = max(cfg.chunk_size, min(cfg.max_readahead, cfg.cache_size // 2))
 
-    def new_state(self, pin: Version | None, verify_path: str | None = None) -> ReadState:
+    def new_state(self, pin: Version | None, blob_path: str | None = None) -> ReadState:
+        """How a handle reads ``pin``; ``blob_path``: the path of a committed blob it opened."""
         st = ReadState(pin, ReadAhead(self.cfg.chunk_size, self.cfg.chunk_size, self.max_window))
-        digest = blob_digest(verify_path) if verify_path and self.cfg.verify_reads else None
+        digest = blob_digest(blob_path) if blob_path else None
         if digest is not None:
-            st.verify = hashlib.new(digest[0])
+            if self.cfg.verify_reads:
+                st.verify = hashlib.new(digest[0])
+            if self.disk is not None:
+                st.digest = digest
         return st
 
     # --- chunks -----------------------------------------------------------------------------
-    async def chunk(self, v: Version, idx: int) -> bytes:
-        async def fetch(start: int, end: int) -> bytes:
-            return await self.s3.get_range(v.key, start, end, v.etag or None)
+    def _fetch(self, v: Version, idx: int) -> Fetch:
+        """The ranged GET of chunk ``idx`` of ``v``; what it brings is offered to the disk cache."""
 
-        return await self.cache.get((v.key, v.etag, idx), v.size, fetch)
+        async def fetch(start: int, end: int) -> bytes:
+            data = await self.s3.get_range(v.key, start, end, v.etag or None)
+            if self.disk is not None:
+                self.disk.offer(v, idx, data)
+            return data
+
+        return fetch
+
+    async def chunk(self, v: Version, idx: int) -> bytes:
+        data = await self.cache.get((v.key, v.etag, idx), v.size, self._fetch(v, idx))
+        if self.disk is not None:
+            self.disk.offer(v, idx, data)  # also when it came from memory
+        return data
 
     def fetcher(self, content: "Content") -> FetchChunk:
         """Chunks of ``content``'s base, whichever it is when asked (a rename or a chmod of the
@@ -97,6 +123,13 @@ class Reader:
         end = min(off + size, v.size)
         if off >= end:
             return b""
+        if st.digest is not None:
+            local = await self._read_disk(st, v, off, end)
+            if local is not None:
+                st.returned = True
+                if st.verify is not None:
+                    await self._verify_disk(st, off, local, what)
+                return local
         cs = self.cfg.chunk_size
         for idx in st.readahead.on_read(off, size, v.size):
             if self.group is not None and not self.cache.is_present_or_pending((v.key, v.etag, idx)):
@@ -113,12 +146,34 @@ class Reader:
             self._verify(st, off, result, what)
         return result
 
-    async def _prefetch(self, v: Version, idx: int) -> None:
-        async def fetch(start: int, end: int) -> bytes:
-            return await self.s3.get_range(v.key, start, end, v.etag or None)
+    async def _read_disk(self, st: ReadState, v: Version, off: int, end: int) -> bytes | None:
+        """The bytes from the disk cache, or None: read S3 (and, from the blob's start, offer
+        what goes by to the disk cache)."""
+        assert self.disk is not None and st.digest is not None
+        if not st.disk_checked:
+            st.disk_checked = True
+            st.disk = await self.disk.open(st.digest, v.size)
+        if st.disk is None:
+            if off == 0:
+                self.disk.begin(st.digest, v, functools.partial(self.chunk, v))
+            return None
+        data = await self.disk.read(st.disk, off, end - off)
+        if data is None:
+            st.disk = None  # the disk failed: S3 from here on
+        return data
 
+    async def _verify_disk(self, st: ReadState, off: int, data: bytes, what: str) -> None:
+        """--verify-reads on bytes from the disk cache: a mismatch also drops the cache file."""
+        try:
+            self._verify(st, off, data, what)
+        except errors.RemoteError:
+            if st.disk is not None and self.disk is not None:
+                await self.disk.drop(st.disk, "its bytes do not match the digest (--verify-reads)")
+            raise
+
+    async def _prefetch(self, v: Version, idx: int) -> None:
         with trio.move_on_after(self.cfg.op_timeout):
-            await self.cache.prefetch((v.key, v.etag, idx), v.size, fetch)
+            await self.cache.prefetch((v.key, v.etag, idx), v.size, self._fetch(v, idx))
 
     def _verify(self, st: ReadState, off: int, data: bytes | memoryview, what: str) -> None:
         """--verify-reads: hash a blob read front to back; a mismatch at EOF is EIO."""

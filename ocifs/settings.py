@@ -80,6 +80,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("op_timeout", float, 300.0, "seconds a FUSE operation may wait on S3 before EIO", "SECONDS", 1),
     Setting("zero_copy", bool, True, "stream oras ingest files straight to their blob key"),
     Setting("verify_reads", bool, False, "check blob digests when read front to back (EIO on mismatch)"),
+    Setting("disk_cache", Path, None, "keep verified blobs in DIR across mounts and reboots, shared by every mount using it (default: off)", "DIR"),
+    Setting("disk_cache_size", int, 10240, "MiB of disk for --disk-cache at most (least recently used blobs go first)", "MIB", 1, scale=MiB),
     Setting("log_level", str, "info", "log level", None, choices=("debug", "info", "warning", "error")),
     Setting("log_format", str, "text", "log format", None, choices=("text", "json")),
     Setting("log_file", Path, None, "log file (default: stderr in foreground, <cache-dir>/ocifs.log otherwise)", "FILE"),

@@ -28,7 +28,6 @@ import pwd
 import re
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
