@@ -185,6 +185,8 @@ class Upload:
         self._gen = 0
         self._paused_until = 0.0
         self._pump_lock = trio.Lock()  # two descriptors of one process may write at once
+        self._mpu_lock = trio.Lock()  # one CreateMultipartUpload at a time
+        self._target: tuple[str, dict[str, str]] = ("", {})  # where streamed parts go
         self.streaming_enabled = True
         self._reset()
 
@@ -247,25 +249,24 @@ class Upload:
         async with self._pump_lock:
             while self.ready():
                 await self._inflight.acquire()
-                try:
-                    await self._ensure(key, meta)
-                except store.StoreError as exc:
-                    # The write itself succeeded (it is staged): the commit tries again.
-                    self._inflight.release()
-                    self._pause(f"could not start the upload of {key}: {exc}")
-                    return
-                except BaseException:
-                    self._inflight.release()
-                    raise
+                # The upload itself is created by the first part task: a write never waits
+                # on S3 (only on backpressure); a failure there is the commit's to report.
+                self._target = (key, dict(meta))
                 i = self._next
                 self._next += 1
                 self._start(self.layout.first + i, *self.layout.range(i), acquired=True)
 
     async def _ensure(self, key: str, meta: dict[str, str]) -> None:
-        if self.upload_id is None:
-            self.upload_id = await self.s3.create_multipart(key, meta)
-            self.key = key
-            self.meta = dict(meta)
+        async with self._mpu_lock:
+            if self.upload_id is not None:
+                return
+            gen = self._gen
+            upload_id = await self.s3.create_multipart(key, meta)
+            if gen != self._gen:  # aborted while it was being created: nobody's upload
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    await self.s3.abort_multipart(key, upload_id)
+                raise errors.OcifsError(f"{key}: the upload was restarted")
+            self.upload_id, self.key, self.meta = upload_id, key, dict(meta)
 
     def _pause(self, why: str) -> None:
         log.warning("%s; streaming rests %.0f s, the commit sends what is missing", why, STREAM_PAUSE)
@@ -306,6 +307,8 @@ class Upload:
                 self._idle.set()
 
     async def _send(self, number: int, start: int, end: int, copy: bool) -> str:
+        if self.upload_id is None:
+            await self._ensure(*self._target)
         assert self.upload_id is not None and self.key is not None
         c = self.content
         if copy:

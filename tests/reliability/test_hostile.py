@@ -283,7 +283,10 @@ def test_daemon_debug_log_never_contains_secret_key_or_signatures(bucket, proxy,
     os.listdir(m.path)
     t = proxy.add("reset_peer", "downstream", timeout=0)
     bounded(read_file, HANG, m.path / "w-missing.bin")
-    bounded(write_file, HANG, m.path / "fails.bin", content("fails", 10 * MiB))
+    # write, fsync and close each give up after their own retries: wait for all three (a
+    # descriptor still open would make the unmount below busy)
+    o = bounded(write_file, 3 * OP_TIMEOUT + MARGIN, m.path / "fails.bin", content("fails", 10 * MiB))
+    assert o.status == "error", o
     proxy.remove(t)
     res = run([*ocifs_bin(), "mount", f"s3://{bucket.name}", m.workdir, "--endpoint-url", bucket.s3.endpoint],
               env=bucket.s3.env(secret_key="wrong-" + bucket.s3.secret_key), timeout=60, check=False)

@@ -89,9 +89,9 @@ def test_sequential_writer_streams_parts_before_commit(tmp_path):
         for off in range(0, len(body), MiB):
             await r.write(off, body[off : off + MiB])
         await r.upload.wait_idle()
-        assert ops(r.s3, "UploadPart") == [1, 2, 3]  # sent while written
+        assert sorted(ops(r.s3, "UploadPart")) == [1, 2, 3]  # sent while written
         assert await r.commit() == body
-        assert ops(r.s3, "UploadPart") == [1, 2, 3, 4]  # only the tail at close
+        assert sorted(ops(r.s3, "UploadPart")) == [1, 2, 3, 4]  # only the tail at close
 
     trio.run(rig(go), tmp_path)
 
