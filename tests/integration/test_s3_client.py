@@ -1,0 +1,41 @@
+"""The real S3 client's own behaviour on MinIO (what the contract suite cannot fake)."""
+
+from __future__ import annotations
+
+import trio
+
+from conftest import REGION
+from ocifs.config import Config
+from ocifs.s3 import S3
+
+
+def test_a_retried_create_never_aborts_another_hosts_upload_of_the_same_key(bucket, monkeypatch):
+    """Data-safety item 7: a retried CreateMultipartUpload used to abort every upload of that key
+    started in the last 5 s, other runners' zero-copy uploads of the same layer included."""
+    key = "app/blobs/sha256/" + "ab" * 32
+    theirs = bucket.s3.client.create_multipart_upload(Bucket=bucket.name, Key=key)["UploadId"]  # another runner
+    for name, value in bucket.s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3 = S3(Config(bucket=bucket.name, endpoint_url=bucket.s3.endpoint, region=REGION))
+    s3.open_blocking()
+    real_call = S3.call
+
+    async def call_reporting_a_retry(self, op, fn):  # the create's first answer was lost
+        result = await real_call(self, op, fn)
+        return (result[0], 1) if op == "CreateMultipartUpload" else result
+
+    monkeypatch.setattr(S3, "call", call_reporting_a_retry)
+
+    async def main() -> str:
+        s3.limiter = trio.CapacityLimiter(4)
+        return await s3.create_multipart(key, {})
+
+    try:
+        ours = trio.run(main)
+    finally:
+        s3.close_blocking()
+    live = {u["UploadId"] for u in bucket.s3.client.list_multipart_uploads(Bucket=bucket.name).get("Uploads", [])}
+    assert theirs in live and ours in live, live
+    assert s3.stats["requests.AbortMultipartUpload"] == 0
+    for upload_id in live:
+        bucket.s3.client.abort_multipart_upload(Bucket=bucket.name, Key=key, UploadId=upload_id)
