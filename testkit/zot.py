@@ -1,36 +1,22 @@
-"""The pinned zot registry on 127.0.0.1, and a tiny HTTP client for its distribution API.
+"""The pinned zot registry (v2.1.9, minimal build) on 127.0.0.1, with the storage configurations
+the project documents, and a tiny client for its distribution API.
 
-No pytest here: the tests (through conftest.py) and matrix.py both use it. Errors are
-:class:`ZotError` with the tail of zot's log.
+HTTP errors of the API are returned, not raised: the tests look at status codes.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-READY_TIMEOUT = 60  # seconds for zot to answer GET /v2/ after start
-STOP_TIMEOUT = 30
+from testkit.paths import TOOLS, RigError, require_tool
+from testkit.procs import free_port, tail
+from testkit.server import Server, http_ok
 
 
-class ZotError(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def storage_on_root(root) -> dict:
+def storage_on_root(root: object) -> dict:
     """zot's local driver with its root on a mount: no dedupe (it needs hard links and 0-byte
     placeholder blobs), no GC (it deletes by mtime: run ``ocifs gc``), no commit (every close
     is already durable on ocifs). The minimal build has no extensions, so no database is kept
@@ -38,7 +24,8 @@ def storage_on_root(root) -> dict:
     return {"rootDirectory": str(root), "dedupe": False, "gc": False, "commit": False}
 
 
-def storage_on_s3(local_root, bucket: str, endpoint: str, access_key: str, secret_key: str) -> dict:
+def storage_on_s3(local_root: object, bucket: str, endpoint: str, access_key: str, secret_key: str,
+                  region: str = "us-east-1") -> dict:
     """zot's own S3 driver on a bucket, ``rootdirectory`` unset: repositories are plain OCI
     layouts at the bucket root (``<repo>/index.json``, ``<repo>/blobs/sha256/<hex>``), the same
     keys an ocifs mount of ``s3://bucket`` uses. ``local_root`` holds zot's local state."""
@@ -48,11 +35,11 @@ def storage_on_s3(local_root, bucket: str, endpoint: str, access_key: str, secre
         "gc": False,
         "storageDriver": {
             "name": "s3",
-            "region": "us-east-1",
+            "region": region,
             "bucket": bucket,
             "regionendpoint": endpoint,
             "forcepathstyle": True,
-            "secure": False,
+            "secure": endpoint.startswith("https://"),
             "skipverify": True,
             "accesskey": access_key,
             "secretkey": secret_key,
@@ -60,14 +47,16 @@ def storage_on_s3(local_root, bucket: str, endpoint: str, access_key: str, secre
     }
 
 
-class Zot:
-    """One zot process; ``start``/``stop``/``restart`` keep the port and the config."""
+class Zot(Server):
+    """One zot: ``Zot(storage, workdir, name).start()``; ``restart`` keeps port and config.
+    Its output goes to ``<name>.out``, its own log to ``<name>.log``."""
 
-    def __init__(self, exe: str, storage: dict, workdir: Path, name: str = "zot") -> None:
-        self.exe = exe
+    output_suffix = ".out"
+    stop_timeout = 30.0
+
+    def __init__(self, storage: dict, workdir: Path, name: str = "zot", log_level: str = "info") -> None:
         self.name = name
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir)
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.log_path = self.workdir / f"{name}.log"
@@ -76,63 +65,23 @@ class Zot:
             "distSpecVersion": "1.1.1",
             "storage": storage,
             "http": {"address": "127.0.0.1", "port": str(self.port)},
-            "log": {"level": "info", "output": str(self.log_path)},
+            "log": {"level": log_level, "output": str(self.log_path)},
         }
         self.config_path.write_text(json.dumps(self.config, indent=2))
-        self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = READY_TIMEOUT) -> Zot:
-        out = open(self.workdir / f"{self.name}.out", "ab")
-        self.proc = subprocess.Popen(
-            [self.exe, "serve", str(self.config_path)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        out.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise ZotError(f"{self.name} exited with {self.proc.returncode} at start\n{self.log_tail()}")
-            try:
-                if self.request("GET", "/v2/", timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ZotError(f"{self.name} not answering GET /v2/ after {timeout}s\n{self.log_tail()}")
-            time.sleep(0.1)
+    def argv(self) -> list[str]:
+        return [require_tool(TOOLS / "zot"), "serve", str(self.config_path)]
 
-    def stop(self) -> None:
-        p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=STOP_TIMEOUT)
+    def ready(self) -> bool:
+        return http_ok(f"http://{self.addr}/v2/")
 
-    def restart(self) -> Zot:
-        self.stop()
-        return self.start()
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = ""
-        for f in (self.workdir / f"{self.name}.out", self.log_path):
-            try:
-                text += f.read_text(errors="replace")
-            except FileNotFoundError:
-                pass
-        return f"--- {self.name} log (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
+    def log_text(self) -> str:
+        return super().log_text() + tail(self.log_path, 1 << 20)
 
     def errors_logged(self) -> list[str]:
         """zot's error-level log lines so far, except background tasks that a stop interrupted
         ("context canceled": its dedupe/restore walk still running at SIGTERM)."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
+        lines = tail(self.log_path, 1 << 30).splitlines()
         return [ln for ln in lines if '"level":"error"' in ln and '"context canceled"' not in ln
                 and '"http: Server closed"' not in ln]
 
@@ -151,7 +100,7 @@ class Zot:
     def json(self, path: str) -> dict:
         status, _h, body = self.request("GET", path)
         if status != 200:
-            raise ZotError(f"GET {path} on {self.name}: HTTP {status}: {body[:300]!r}")
+            raise RigError(f"GET {path} on {self.name}: HTTP {status}: {body[:300]!r}")
         return json.loads(body)
 
     def catalog(self) -> list[str]:
