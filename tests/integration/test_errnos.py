@@ -39,7 +39,7 @@ import pytest
 
 if __name__ != "__main__":  # `python test_errnos.py` prints the Markdown tables only
     from conftest import REPO, Bucket, Mount
-    from reliability.harness import bounded
+    from testkit.fsops import bounded
 
 NAME_MAX = 255
 N255, N256 = "a" * NAME_MAX, "a" * (NAME_MAX + 1)

@@ -1,48 +1,23 @@
-"""Helpers shared by the interop tests (and by matrix.py).
+"""Helpers shared by the interop tests.
 
 The top-level ``tests/conftest.py`` owns the MinIO server, the buckets and the ocifs
 mounts; its fixtures (``s3``, ``bucket``, ``mount_factory``) reach this directory on
-their own. Its plain helper functions (``run``, ``require_tool``, ...) are loaded here
-from the file under a private module name rather than by ``import conftest``, which
-depends on import order once several directories have a conftest.py.
+their own, and its helpers that fail a test (``run``, ``require_tool``, ...) are
+imported from it (``top``), like every other tier does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
-import shutil
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-TOP_CONFTEST = HERE.parent / "conftest.py"
-
-
-def _load_top_conftest():
-    name = "_ocifs_top_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TOP_CONFTEST)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-top = _load_top_conftest()
-run = top.run
-require_tool = top.require_tool
-free_port = top.free_port
-is_mounted = top.is_mounted
-SETUP_HINT = top.SETUP_HINT
-TOOLS = top.TOOLS
+import conftest as top
+from conftest import require_tool, run
 
 MiB = 1024 * 1024
 
@@ -196,14 +171,6 @@ def build_umoci_image(layout: Path, workdir: Path) -> dict:
     check = workdir / "check"
     umoci("unpack", "--image", f"{layout}:v2", check)
     return {"layout": layout, "rootfs_v2": files_under(check / "rootfs")}
-
-
-def fresh_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))
-
-
-def rmtree(p) -> None:
-    shutil.rmtree(p, ignore_errors=True)
 
 
 def fail(msg: str):

@@ -22,8 +22,9 @@ import urllib.parse
 import pytest
 from oras.client import OrasClient
 
+from testkit import Zot, storage_on_root, storage_on_s3
+
 from .interop_lib import MiB, blob_path, fail, oras, sha256_bytes, sha256_file, tagged, top
-from .zotserver import Zot, storage_on_root, storage_on_s3
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, force_unmount, is_mounted, oras_bin, ocifs_bin
+from ocifs.runtime import mount_table
 
 from .opslib import EXAMPLES_DIR, MiniYAML, tools_path
 
@@ -177,15 +178,15 @@ def assert_pushed(bucket, tmp_path: Path, dist: Path, tags: list[str]):
 
 
 def no_ocifs_mounts_under(path: Path) -> list[str]:
-    with open("/proc/mounts") as f:
-        return [l for l in f if l.split()[2] == "fuse.ocifs" and l.split()[1].startswith(str(path))]
+    """Mountpoints of ocifs under ``path`` (the mount table as ``ocifs umount`` reads it)."""
+    return [e.mountpoint for e in mount_table() if e.fstype == "fuse.ocifs" and e.mountpoint.startswith(str(path))]
 
 
 @pytest.fixture
 def cleanup(tmp_path):
     yield
-    for line in no_ocifs_mounts_under(tmp_path):
-        force_unmount(line.split()[1])
+    for mountpoint in no_ocifs_mounts_under(tmp_path):
+        force_unmount(mountpoint)
 
 
 def test_github_actions_recipe(s3, bucket, tmp_path, cleanup):

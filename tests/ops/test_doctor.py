@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ocifs_bin, run
 
-from reliability.harness import assume_role
+from testkit import assume_role
 from reliability.test_hostile import read_only_policy
 
 pytestmark = pytest.mark.timeout(180)

@@ -148,7 +148,7 @@ def test_a_flood_of_idle_metrics_connections_is_bounded(bucket, mount_factory):
 
     port = free_port()
     m = mount_factory(bucket, extra_args=["--metrics-addr", f"127.0.0.1:{port}"])
-    pid = int(open(next(p for p in __import__("glob").glob("/run/ocifs/*.pid") if _owns(p, m))).read())
+    pid = m.pid
     socks = []
     try:
         for _ in range(200):
@@ -171,8 +171,3 @@ def test_a_flood_of_idle_metrics_connections_is_bounded(bucket, mount_factory):
         for s in socks:
             s.close()
 
-
-def _owns(pidfile: str, m) -> bool:
-    from ocifs.runtime import pid_file
-
-    return pidfile == str(pid_file(m.path))

@@ -57,7 +57,7 @@ def test_wheel_holds_the_package_and_nothing_else(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     stray = [n for n in names if not re.match(rf"(ocifs/[a-z0-9_]+\.py|ocifs-{re.escape(VERSION)}\.dist-info/[A-Za-z_.]+)$", n)]
     assert not stray, f"not ocifs code or metadata in the wheel: {stray}"
-    assert not [n for n in names if n.startswith(("tests/", "bench/", "scripts/"))]
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "scripts/", "testkit/"))]
     entry_points = zipfile.ZipFile(wheel).read(f"ocifs-{VERSION}.dist-info/entry_points.txt").decode()
     assert "ocifs = ocifs.cli:main" in entry_points and "mount.ocifs = ocifs.mount_helper:main" in entry_points
 

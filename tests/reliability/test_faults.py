@@ -21,8 +21,10 @@ import time
 
 import pytest
 
+from testkit import incomplete_uploads
+from testkit.fsops import MiB, bounded, content, first_difference, read_file, write_file
+
 from .conftest import MARGIN, OP_TIMEOUT
-from .harness import MiB, bounded, content, first_difference, incomplete_uploads, read_file, write_file
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import threading
 import time
 
+from testkit import is_mounted
+from testkit.fsops import MiB, bounded, content, read_file
+
 from .conftest import MARGIN, OP_TIMEOUT
-from .harness import MiB, bounded, content, is_mounted, read_file
 from .test_faults import check_mount_works, must_not_hang
 
 
@@ -34,14 +35,14 @@ def test_s3_frozen_during_a_cold_read_gives_eio_and_the_mount_survives(private_m
         t = threading.Thread(target=cat, daemon=True)
         t.start()
         time.sleep(0.3)
-        os.kill(private_minio.proc.pid, signal.SIGSTOP)  # S3 stops answering, mid-read
+        private_minio.pause()  # SIGSTOP: S3 stops answering, mid-read
         t.join(timeout=OP_TIMEOUT * 3 + MARGIN)
         assert not t.is_alive(), "the read hung past its deadlines"
         elapsed = time.monotonic() - started
         assert box.get("errno") == errno.EIO or box.get("value") == data, box.keys()
         assert elapsed < OP_TIMEOUT * 3 + MARGIN
     finally:
-        os.kill(private_minio.proc.pid, signal.SIGCONT)
+        private_minio.resume()
     assert is_mounted(m.path), f"the mount died\n{m.log_tail(40)}"
     assert os.listdir(m.path) == ["big.bin"]
     o = must_not_hang(bounded(read_file, OP_TIMEOUT + MARGIN, m.path / "big.bin"), "read after S3 answers again", m)

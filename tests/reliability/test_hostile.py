@@ -10,9 +10,10 @@ import stat
 import pytest
 
 from conftest import ocifs_bin, run
+from testkit import assume_role, force_unmount, is_mounted, s3_client, s3_env
+from testkit.fsops import MiB, bounded, content, read_file, write_file
 
 from .conftest import MARGIN, OP_TIMEOUT, tmpfs
-from .harness import MiB, assume_role, bounded, content, is_mounted, lazy_unmount, read_file, s3_env, write_file
 
 pytestmark = pytest.mark.timeout(180)
 HANG = OP_TIMEOUT + MARGIN
@@ -37,8 +38,6 @@ def read_only_env(s3, bucket):
     except Exception as e:  # an external S3 endpoint may not offer STS
         pytest.fail(f"cannot make read-only credentials with STS AssumeRole on {s3.endpoint}: {e}", pytrace=False)
     # make sure they really are read-only before blaming ocifs
-    from .harness import s3_client
-
     c = s3_client(s3.endpoint, ak, sk, token)
     with pytest.raises(Exception, match="AccessDenied|Access Denied"):
         c.put_object(Bucket=bucket.name, Key="probe-denied", Body=b"x")
@@ -228,7 +227,7 @@ def test_invalid_fuse_option_gives_one_clear_error_line_and_nothing_mounted(buck
         line = assert_one_clear_line(res, mp, "-o nonsense_option")
         assert "nonsense_option" in line or "option" in line.lower(), f"the error does not name the option: {line}"
     finally:
-        lazy_unmount(mp)
+        force_unmount(mp)
 
 
 @pytest.mark.parametrize("flags,mentions", [
@@ -250,7 +249,7 @@ def test_bad_flag_values_give_one_clear_error_line(bucket, tmp_path, flags, ment
         line = assert_one_clear_line(res, mp, " ".join(flags))
         assert mentions in line, f"the error line does not name {mentions}: {line}"
     finally:
-        lazy_unmount(mp)
+        force_unmount(mp)
 
 
 # --------------------------------------------------------------------------- security

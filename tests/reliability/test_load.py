@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from .harness import MiB, content, daemon_pid, fd_count, first_difference, read_file, rss_mib, write_file
+from testkit.fsops import MiB, content, first_difference, read_file, write_file
+from testkit.procs import fd_count, rss_mib
 
 SECONDS = float(os.environ.get("OCIFS_LOAD_SECONDS", "60"))
 CACHE_MIB = 128
@@ -35,7 +36,7 @@ def test_32_concurrent_readers_and_writers_no_deadlock_bytes_verified_fds_and_rs
     m = fault_mount_factory(bucket, extra_args=["--cache-size", str(CACHE_MIB), "--op-timeout", str(OP_TIMEOUT),
                                                 "--log-level", "info"])
     (m.path / "w").mkdir()
-    pid = daemon_pid(m.path)
+    pid = m.pid
     # warm up the S3 connection pool a little, then take the idle baseline
     read_file(m.path / "ro/obj-0.bin")
     time.sleep(1)

@@ -9,16 +9,17 @@ import signal
 import pytest
 
 from conftest import ocifs_bin, run
+from testkit import is_mounted, wait_dead
+from testkit.fsops import MiB, bounded, content, read_file, write_file
 
 from .conftest import MARGIN, OP_TIMEOUT
-from .harness import MiB, bounded, content, daemon_pid, is_mounted, read_file, wait_dead, write_file
 
 pytestmark = pytest.mark.timeout(180)
 HANG = OP_TIMEOUT + MARGIN
 
 
 def kill_daemon(m, sig) -> int:
-    pid = daemon_pid(m.path)
+    pid = m.pid
     os.kill(pid, sig)
     return pid
 

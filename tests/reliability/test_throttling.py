@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 import botocore.exceptions
 import pytest
 
-from conftest import S3, Bucket, ocifs_bin, run
+from conftest import S3, Bucket, ocifs_bin, run, running
+from testkit import MinioServer, s3_client
+from testkit.fsops import MiB, bounded, content, read_file, write_file
 
 from .conftest import MARGIN, OP_TIMEOUT
-from .harness import HarnessError, MinioServer, MiB, bounded, content, read_file, s3_client, write_file
 
 pytestmark = pytest.mark.timeout(600)
 HANG = OP_TIMEOUT + MARGIN
@@ -27,13 +28,8 @@ HANG_WRITE = 3 * OP_TIMEOUT + MARGIN
 
 @pytest.fixture
 def throttled_minio():
-    m = MinioServer(env={"MINIO_API_REQUESTS_MAX": "2", "MINIO_API_REQUESTS_DEADLINE": "100ms"})
-    try:
-        m.start()
-    except HarnessError as e:
-        pytest.fail(str(e), pytrace=False)
-    yield m
-    m.close()
+    with running(MinioServer(env={"MINIO_API_REQUESTS_MAX": "2", "MINIO_API_REQUESTS_DEADLINE": "100ms"})) as m:
+        yield m
 
 
 def refusals(m: MinioServer, bucket: str, key: str) -> collections.Counter:
