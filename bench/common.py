@@ -1,4 +1,5 @@
-"""Process plumbing shared by every benchmark: servers, mounts, cleanup, /proc sampling.
+"""Process plumbing shared by every benchmark: cleanup, /proc sampling, and the test rig's
+servers and mounts (``testkit/``, shared with tests/ and scripts/) as the benchmarks use them.
 
 Everything started here is registered with :data:`CLEANUP` and torn down in reverse order on
 exit, on an exception and on SIGINT/SIGTERM. Mounts are unmounted with their own tool first and
@@ -14,45 +15,27 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
-REPO = Path(__file__).resolve().parents[1]
-TOOLS = REPO / ".tools" / "bin"
-VENV_BIN = REPO / ".venv" / "bin"
+import testkit
+from testkit import (  # noqa: F401 - the benchmarks import the rig's plumbing from here
+    REGION, REPO, TOOLS, VENV_BIN, force_unmount, free_port, is_mounted, stop_process, wait_mounted,
+)
+from testkit import find_tool as tool  # noqa: F401 - .tools/bin, the venv, then PATH; None if absent
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-
-MINIO_USER = "ocifs-bench"
-MINIO_PASSWORD = "ocifs-bench-secret"
-REGION = "us-east-1"
+S = TypeVar("S", bound=testkit.Server)
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def tool(name: str) -> str | None:
-    """Path of an executable: .tools/bin, the venv, then PATH; None if absent."""
-    for d in (TOOLS, VENV_BIN):
-        p = d / name
-        if p.is_file() and os.access(p, os.X_OK):
-            return str(p)
-    return shutil.which(name)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- cleanup
@@ -113,64 +96,7 @@ class Cleanup:
 CLEANUP = Cleanup()
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM then SIGKILL one process we started (by pid, never by name)."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
-
-
-# --------------------------------------------------------------------------- mounts
-
-
-def _unescape(s: str) -> str:
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1 : i + 4].isdigit():
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def is_mounted(path: str | os.PathLike) -> bool:
-    target = os.path.realpath(str(path))
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and _unescape(parts[1]) == target:
-                return True
-    return False
-
-
-def force_unmount(path: str | os.PathLike) -> None:
-    """Last resort: lazy FUSE unmount (bounded)."""
-    for _ in range(5):
-        if not is_mounted(path):
-            return
-        subprocess.run(
-            ["fusermount3", "-u", "-z", str(path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
-        )
-        time.sleep(0.2)
-
-
-def wait_mounted(path: str | os.PathLike, timeout: float, proc: subprocess.Popen | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if is_mounted(path):
-            return True
-        if proc is not None and proc.poll() is not None and not is_mounted(path):
-            return False
-        time.sleep(0.1)
-    return is_mounted(path)
+# --------------------------------------------------------------------------- caches
 
 
 def drop_caches() -> bool:
@@ -256,17 +182,7 @@ class Endpoint:
     metrics: bool = False
 
     def env(self, base: dict | None = None) -> dict:
-        env = dict(os.environ if base is None else base)
-        for k in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            env.pop(k, None)
-        env.update(
-            AWS_ACCESS_KEY_ID=self.access_key,
-            AWS_SECRET_ACCESS_KEY=self.secret_key,
-            AWS_REGION=self.region,
-            AWS_DEFAULT_REGION=self.region,
-            AWS_EC2_METADATA_DISABLED="true",
-        )
-        return env
+        return testkit.s3_env(self.access_key, self.secret_key, region=self.region, base=base)
 
 
 @dataclass
@@ -277,85 +193,29 @@ class MinioServer:
     log_path: Path
 
 
+def start_server(server: S, what: str) -> S:
+    """Start one of the rig's servers for this run: stopped by :data:`CLEANUP`; a server that
+    does not start ends the run with the rig's one-line reason and its log tail."""
+    CLEANUP.push(what, server.stop)
+    try:
+        return server.start()
+    except testkit.RigError as e:
+        raise SystemExit(str(e)) from None
+
+
 def start_minio(workdir: Path) -> MinioServer:
-    exe = tool("minio")
-    if exe is None:
-        raise SystemExit(f"minio not found in {TOOLS}: run scripts/setup.sh")
-    data = workdir / "minio-data"
-    data.mkdir(parents=True, exist_ok=True)
-    port, console = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ)
-    env.update(
-        MINIO_ROOT_USER=MINIO_USER,
-        MINIO_ROOT_PASSWORD=MINIO_PASSWORD,
-        MINIO_PROMETHEUS_AUTH_TYPE="public",
-        MINIO_BROWSER="off",
-        MINIO_UPDATE="off",
-    )
-    log_path = workdir / "minio.log"
-    with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(
-            [exe, "server", str(data), "--address", f"127.0.0.1:{port}",
-             "--console-address", f"127.0.0.1:{console}", "--quiet"],
-            env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    CLEANUP.push("minio", lambda: stop_process(proc))
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"minio exited {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/minio/health/live", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"minio not live after 60 s: {log_path.read_text()[-2000:]}")
-        time.sleep(0.2)
-    ep = Endpoint(url, MINIO_USER, MINIO_PASSWORD, direct_url=url, metrics=True)
-    return MinioServer(proc, data, ep, log_path)
+    """The rig's MinIO in ``workdir/minio``."""
+    server = start_server(testkit.MinioServer(workdir / "minio"), "minio")
+    ep = Endpoint(server.endpoint, server.access_key, server.secret_key, direct_url=server.endpoint, metrics=True)
+    return MinioServer(server.proc, server.data, ep, server.log)
 
 
 def minio_metrics(direct_url: str) -> dict[str, float]:
-    """MinIO's live S3 counters (metrics v3; the v2 cluster endpoint is cached for ~10 s).
-
-    Keys: ``req:<Api>`` (minio_api_requests_total), ``rx_bytes`` / ``tx_bytes`` (bytes MinIO
-    received / sent in S3 requests and responses).
-    """
-    out: dict[str, float] = {}
+    """MinIO's live S3 counters (:func:`testkit.minio_counters`); {} if MinIO does not answer."""
     try:
-        with urllib.request.urlopen(direct_url + "/minio/metrics/v3/api/requests", timeout=10) as r:
-            text = r.read().decode()
-    except (urllib.error.URLError, OSError):
-        return out
-    for line in text.splitlines():
-        if not line or line.startswith("#") or 'type="s3"' not in line:
-            continue
-        name, _, rest = line.partition("{")
-        labels, _, val = rest.partition("} ")
-        try:
-            v = float(val.split()[0])
-        except (ValueError, IndexError):
-            continue
-        if name == "minio_api_requests_total":
-            api = _label(labels, "name")
-            out[f"req:{api}"] = out.get(f"req:{api}", 0) + v
-        elif name == "minio_api_requests_traffic_received_bytes":
-            out["rx_bytes"] = out.get("rx_bytes", 0) + v
-        elif name == "minio_api_requests_traffic_sent_bytes":
-            out["tx_bytes"] = out.get("tx_bytes", 0) + v
-    return out
-
-
-def _label(labels: str, key: str) -> str:
-    for part in labels.split(","):
-        k, _, v = part.partition("=")
-        if k.strip() == key:
-            return v.strip().strip('"')
-    return "?"
+        return testkit.minio_counters(direct_url)
+    except OSError:
+        return {}
 
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -368,18 +228,8 @@ def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
 
 
 def boto_client(ep: Endpoint):
-    import botocore.config
-    import botocore.session
-
-    session = botocore.session.get_session()
-    return session.create_client(
-        "s3", endpoint_url=ep.url, region_name=ep.region,
-        aws_access_key_id=ep.access_key, aws_secret_access_key=ep.secret_key,
-        config=botocore.config.Config(
-            s3={"addressing_style": "path"}, max_pool_connections=32,
-            retries={"max_attempts": 5, "mode": "standard"}, read_timeout=300,
-        ),
-    )
+    return testkit.s3_client(ep.url, ep.access_key, ep.secret_key, region=ep.region, pool=32, connect_timeout=60,
+                             read_timeout=300)
 
 
 def delete_prefix(client, bucket: str, prefix: str) -> int:
@@ -404,6 +254,9 @@ def delete_prefix(client, bucket: str, prefix: str) -> int:
 
 @dataclass
 class OcifsMount:
+    """An ocifs mount of a benchmark (testkit's, by the real CLI): torn down by :data:`CLEANUP`,
+    failures are RuntimeErrors (a failed step)."""
+
     path: Path
     cache_dir: Path
     log_file: Path
@@ -411,63 +264,38 @@ class OcifsMount:
     url: str
     extra: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.m = testkit.OcifsMount(self.url, self.path, self.endpoint.url, self.log_file.parent, extra_args=self.extra,
+                                    env=self.endpoint.env(), cache_dir=self.cache_dir, log_file=self.log_file)
+
     @property
     def pid(self) -> int | None:
-        import hashlib
-
-        pf = Path("/run/ocifs") / (hashlib.sha1(str(self.path).encode()).hexdigest()[:16] + ".pid")
-        if os.getuid() != 0:
-            base = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/ocifs-{os.getuid()}") / "ocifs"
-            pf = base / pf.name
-        try:
-            return int(pf.read_text())
-        except (OSError, ValueError):
-            return None
+        return self.m.pid
 
     def mount(self) -> None:
-        exe = tool("ocifs")
-        if exe is None:
-            raise RuntimeError("ocifs console script missing: run scripts/setup.sh")
         self.path.mkdir(parents=True, exist_ok=True)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         CLEANUP.push(f"ocifs mount {self.path}", self.teardown)
-        res = subprocess.run(
-            [exe, "mount", self.url, str(self.path), "--endpoint-url", self.endpoint.url,
-             "--cache-dir", str(self.cache_dir), "--log-file", str(self.log_file), *self.extra],
-            env=self.endpoint.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
-        )
-        if res.returncode != 0 or not is_mounted(self.path):
-            raise RuntimeError(
-                f"ocifs mount failed ({res.returncode}): {res.stderr.strip()[-500:]}\n{self.log_tail()}"
-            )
+        try:
+            self.m.mount(timeout=90)
+        except testkit.RigError as e:
+            raise RuntimeError(str(e)) from None
 
     def umount(self, timeout: float = 900) -> None:
         if not is_mounted(self.path):
             return
-        exe = tool("ocifs")
-        res = subprocess.run(
-            [exe, "umount", str(self.path), "--timeout", str(int(timeout))],
-            env=self.endpoint.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout + 30,
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"ocifs umount failed: {res.stderr.strip()[-500:]}\n{self.log_tail()}")
+        try:
+            self.m.umount(timeout=timeout + 30, flush_timeout=timeout)
+        except testkit.RigError as e:
+            raise RuntimeError(str(e)) from None
 
     def teardown(self) -> None:
-        try:
-            self.umount(timeout=120)
-        except Exception as exc:
-            log(f"[bench] ocifs umount {self.path}: {exc}; forcing")
-        finally:
-            force_unmount(self.path)
-            shutil.rmtree(self.cache_dir, ignore_errors=True)
+        problem = self.m.teardown(timeout=150, flush_timeout=120)
+        if problem:
+            log(f"[bench] ocifs umount {self.path}: {problem}; forced")
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     def log_tail(self, n: int = 20) -> str:
-        try:
-            lines = self.log_file.read_text(errors="replace").splitlines()[-n:]
-        except OSError:
-            return "(no daemon log)"
-        return "--- ocifs log tail ---\n" + "\n".join(lines)
+        return self.m.log_tail(n)
 
 
 def make_workdir(prefix: str) -> Path:

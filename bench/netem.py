@@ -8,15 +8,11 @@ numbers stand in for S3.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
 import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import CLEANUP, free_port, stop_process, tool
+import testkit
+from bench.common import start_server
 
 # name -> list of toxics; every profile is applied to both directions where it says so.
 # "toxics": None means no proxy at all: clients talk to MinIO directly.
@@ -44,42 +40,29 @@ PROFILES: dict[str, dict] = {
 }
 
 
-@dataclass
-class Toxiproxy:
-    proc: subprocess.Popen
-    api: str
-    listen: str = ""
+class Toxiproxy(testkit.Toxiproxy):
+    """The rig's toxiproxy-server with one proxy, ``s3``, shaped by a profile."""
 
-    def _req(self, method: str, path: str, body: dict | None = None) -> dict | str:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.api + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            text = r.read().decode()
-        try:
-            return json.loads(text) if text else {}
-        except json.JSONDecodeError:
-            return text
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, metrics=True)
+        self.s3: testkit.Proxy | None = None
 
     def create_proxy(self, upstream: str) -> str:
-        port = free_port()
-        p = self._req("POST", "/proxies", {"name": "s3", "listen": f"127.0.0.1:{port}",
-                                            "upstream": upstream, "enabled": True})
-        self.listen = p["listen"]
-        return f"http://{self.listen}"
+        self.s3 = self.proxy("s3", upstream)
+        return self.s3.endpoint
 
     def apply(self, profile: str) -> None:
         for t in PROFILES[profile]["toxics"]:
-            self._req("POST", "/proxies/s3/toxics", {**t, "toxicity": 1.0})
+            self.s3.add(t["type"], t["stream"], 1.0, name=t["name"], **t["attributes"])
 
     def toxics(self) -> list:
-        return self._req("GET", "/proxies/s3/toxics")
+        return self.s3.toxics()
 
     def bytes(self) -> dict[str, float]:
         """Wire bytes through the proxy: ``up`` (client->S3) and ``down`` (S3->client)."""
         out: dict[str, float] = {}
         try:
-            text = self._req("GET", "/metrics")
+            text = self.request("GET", "/metrics")
         except (urllib.error.URLError, OSError):
             return out
         for line in str(text).splitlines():
@@ -91,25 +74,7 @@ class Toxiproxy:
 
 
 def start_toxiproxy(workdir: Path, upstream: str, profile: str) -> tuple[Toxiproxy, str]:
-    exe = tool("toxiproxy-server")
-    if exe is None:
-        raise SystemExit("toxiproxy-server not found in .tools/bin: run scripts/setup.sh")
-    port = free_port()
-    logf = open(workdir / "toxiproxy.log", "wb")
-    proc = subprocess.Popen([exe, "-host", "127.0.0.1", "-port", str(port), "-proxy-metrics"],
-                            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    CLEANUP.push("toxiproxy", lambda: (stop_process(proc), logf.close()))
-    tp = Toxiproxy(proc, f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            tp._req("GET", "/version")
-            break
-        except (urllib.error.URLError, OSError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"toxiproxy did not start: {(workdir / 'toxiproxy.log').read_text()[-1000:]}")
-            time.sleep(0.1)
+    tp = start_server(Toxiproxy(workdir), "toxiproxy")
     url = tp.create_proxy(upstream)
     tp.apply(profile)
     return tp, url

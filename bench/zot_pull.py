@@ -13,16 +13,11 @@ the pushed digests. ``daemon_cpu_s`` / RSS are the FUSE daemon's (zot's for ``zo
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
 import time
-import urllib.request
-from pathlib import Path
 
-from bench.common import CLEANUP, drop_caches, free_port, log, proc_cpu_seconds, tool
+import testkit
+from bench.common import CLEANUP, drop_caches, log, proc_cpu_seconds, tool
 from bench.targets import Target
 from bench.workloads import (
     BLOB_MEDIA, BlobCase, Env, Meter, StepFailed, _quiet_delete, checked, delete_prefix, failed, oras,
@@ -30,7 +25,6 @@ from bench.workloads import (
 )
 
 WORKLOAD = "zot-pull"
-READY_TIMEOUT = 60
 
 
 class ZotS3(Target):
@@ -49,81 +43,28 @@ class ZotS3(Target):
         return "storageDriver {name: s3, region, bucket, regionendpoint: PROXY, forcepathstyle, secure: false}, dedupe: false, gc: false"
 
 
-def on_root(root: Path) -> dict:
-    """zot on a mount: the config README.md gives (no dedupe, gc or commit)."""
-    return {"rootDirectory": str(root), "dedupe": False, "gc": False, "commit": False}
+def on_s3(env: Env, state, endpoint) -> dict:
+    return testkit.storage_on_s3(state, env.bucket, endpoint.url, endpoint.access_key, endpoint.secret_key,
+                                 region=endpoint.region)
 
 
-def on_s3(env: Env, state: Path, endpoint) -> dict:
-    return {
-        "rootDirectory": str(state), "dedupe": False, "gc": False,
-        "storageDriver": {
-            "name": "s3", "region": endpoint.region, "bucket": env.bucket, "regionendpoint": endpoint.url,
-            "forcepathstyle": True, "secure": endpoint.url.startswith("https://"),
-            "skipverify": True, "accesskey": endpoint.access_key, "secretkey": endpoint.secret_key,
-        },
-    }
-
-
-class Zot:
-    """One zot process on 127.0.0.1 (ours: stopped by pid, registered for cleanup)."""
+class Zot(testkit.Zot):
+    """The rig's zot on 127.0.0.1, stopped by :data:`CLEANUP` (by pid); a zot that does not
+    start is a failed step."""
 
     def __init__(self, env: Env, storage: dict, name: str) -> None:
-        exe = tool("zot")
-        if exe is None:
-            raise StepFailed("zot not found in .tools/bin: run scripts/setup.sh")
-        self.dir = env.workdir / "zot" / f"{name}-{time.monotonic_ns()}"
-        self.dir.mkdir(parents=True)
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.log = self.dir / "zot.log"
-        cfg = {"distSpecVersion": "1.1.1", "storage": storage,
-               "http": {"address": "127.0.0.1", "port": str(self.port)},
-               "log": {"level": "warn", "output": str(self.log)}}
-        (self.dir / "config.json").write_text(json.dumps(cfg))
-        with open(self.dir / "zot.out", "wb") as out:
-            self.proc = subprocess.Popen([exe, "serve", str(self.dir / "config.json")], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self._undo = CLEANUP.push(f"zot {self.addr}", self._kill)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise StepFailed(f"zot exited {self.proc.returncode} at start: {self.tail()}")
-            try:
-                with urllib.request.urlopen(f"http://{self.addr}/v2/", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise StepFailed(f"zot not answering after {READY_TIMEOUT} s: {self.tail()}")
-            time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        super().__init__(storage, env.workdir / "zot" / f"{name}-{time.monotonic_ns()}", "zot", log_level="warn")
+        self._undo = CLEANUP.push(f"zot {self.addr}", super().stop)
+        try:
+            self.start()
+        except testkit.RigError as e:
+            raise StepFailed(str(e)) from None
 
     def tail(self) -> str:
-        text = ""
-        for f in (self.dir / "zot.out", self.log):
-            try:
-                text += f.read_text(errors="replace")
-            except OSError:
-                pass
-        return text[-1500:]
+        return self.log_tail()[-1500:]
 
     def stop(self) -> None:
         CLEANUP.pop_run(self._undo)
-
-    def _kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
 
 
 _pushed: dict[str, str] = {}  # case name -> repo already in the bucket
@@ -161,7 +102,7 @@ def zot_unit(env: Env, target: Target, case: BlobCase, rep: int) -> list[dict]:
             pid = zot.pid
         else:
             mnt = target.mount()
-            zot = Zot(env, on_root(mnt), target.name)
+            zot = Zot(env, testkit.storage_on_root(mnt), target.name)
             pid = target.pid
         out = env.workdir / "out" / f"zot-{repo}-{target.name}-{rep}"
         shutil.rmtree(out, ignore_errors=True)

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Verb-by-verb interop matrix: oras, skopeo, umoci and zot on ocifs vs s3fs, goofys, geesefs.
 
-Not a test: a script that starts its own MinIO (and docker-registry, if installed),
+Not a test (so not under tests/): a script that starts its own MinIO (and docker-registry, if
+installed) with the test rig (``testkit/``),
 mounts ONE bucket once per filesystem on the same MinIO — ocifs at s3://BUCKET/ocifs, s3fs
 at BUCKET:/s3fs, goofys at BUCKET:goofys, geesefs at BUCKET:geesefs — runs the same sequence
 of client commands on each mount (zot: with its storage root on the mount), and writes a
 markdown table (tests/interop/RESULTS.md by default) with the exact commands.
 
-    .venv/bin/python tests/interop/matrix.py [--out FILE] [--only ocifs,s3fs,goofys,geesefs]
+    .venv/bin/python scripts/interop_matrix.py [--out FILE] [--only ocifs,s3fs,goofys,geesefs]
 
 Every command has a timeout; a step fails on a non-zero exit or a failed check.
 """
@@ -20,26 +21,28 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 import traceback
-import urllib.request
 from pathlib import Path
 
-from zotserver import Zot, ZotError, free_port, storage_on_root
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the test rig, testkit/
 
-REPO = Path(__file__).resolve().parents[2]
-TOOLS = REPO / ".tools" / "bin"
+from testkit import (  # noqa: E402
+    TOOLS, VENV_BIN, MinioServer, OcifsMount, Registry, RigError, Zot, force_unmount, is_mounted, require_tool,
+    stop_process, storage_on_root, wait_mounted,
+)
+
 ORAS = TOOLS / "oras"
 MINIO = TOOLS / "minio"
 ZOT = TOOLS / "zot"
-OCIFS = REPO / ".venv" / "bin" / "ocifs"
-USER, PASSWORD = "matrix", "matrix-secret-123"
+OCIFS = VENV_BIN / "ocifs"
 BUCKET = "interop-matrix"
+RESULTS = REPO / "tests" / "interop" / "RESULTS.md"
 STEP_TIMEOUT = 300
 
 
@@ -56,10 +59,10 @@ def sha256_file(p) -> str:
 
 
 def need(exe) -> str:
-    p = shutil.which(str(exe))
-    if not p:
-        sys.exit(f"required tool {exe} is missing: run `scripts/setup.sh` to install it")
-    return p
+    try:
+        return require_tool(exe)
+    except RigError as e:
+        sys.exit(str(e))
 
 
 # --------------------------------------------------------------------------- context
@@ -531,18 +534,18 @@ def _(c):
 
 
 # --------------------------------------------------------------------------- zot on the mount
-# zot v2.1.9 with its storage root on the mount (tests/interop/zotserver.py; the config is
+# zot v2.1.9 with its storage root on the mount (testkit/zot.py; the config is
 # README's: dedupe, gc and commit off). Started by the first zot step, stopped by the last.
 
 
 def zot(c) -> Zot:
     z = c.state.get("zot")
     if z is None:
-        z = Zot(str(ZOT), storage_on_root(c.mnt), c.work / "zot")
+        z = Zot(storage_on_root(c.mnt), c.work / "zot")
         c.cmds.append(f"zot serve config.json   # {json.dumps({'storage': storage_on_root('$MNT')})}")
         try:
             z.start()
-        except ZotError as e:
+        except RigError as e:
             raise StepFail(str(e).splitlines()[0])
         c.state["zot"] = z
         c.zot_addr = z.addr
@@ -684,111 +687,36 @@ def _(c):
 # --------------------------------------------------------------------------- servers
 
 
-def start_minio(work: Path):
-    port, cport = free_port(), free_port()
-    env = {**os.environ, "MINIO_ROOT_USER": USER, "MINIO_ROOT_PASSWORD": PASSWORD,
-           "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}
-    log = open(work / "minio.log", "wb")
-    p = subprocess.Popen([str(MINIO), "server", str(work / "minio"), "--address",
-                          f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{cport}", "--quiet"],
-                         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/minio/health/live", p)
-    return p, url
-
-
-def start_registry(work: Path):
-    exe = shutil.which("docker-registry")
-    if not exe:
-        return None, None
-    port = free_port()
-    cfg = work / "registry.yml"
-    cfg.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: "
-                   f"{work / 'registry'}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    p = subprocess.Popen([exe, "serve", str(cfg)], stdout=open(work / "registry.log", "wb"),
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/v2/", p)
-    return p, f"127.0.0.1:{port}"
-
-
-def wait_http(url, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"{url} not answering after {timeout}s")
-
-
-def stop(p):
-    if p and p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=20)
-
-
-def s3client(url):
-    import botocore.session
-    return botocore.session.get_session().create_client(
-        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=USER,
-        aws_secret_access_key=PASSWORD)
-
-
-def s3env():
-    return {**os.environ, "AWS_ACCESS_KEY_ID": USER, "AWS_SECRET_ACCESS_KEY": PASSWORD,
-            "AWS_REGION": "us-east-1"}
-
-
-def is_mounted(path) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == path for line in f)
-
-
-class OcifsMount:
+class OcifsMatrixMount:
     name = "ocifs"
 
-    def __init__(self, url, work: Path):
-        self.url, self.work, self.mnt, self.gen = url, work, work / "mnt-ocifs", 0
-        self.mnt.mkdir()
-        self.log = work / "ocifs.log"
+    def __init__(self, minio: MinioServer, work: Path):
+        mnt = work / "mnt-ocifs"
+        mnt.mkdir()
+        self.mnt = mnt
+        self.m = OcifsMount(f"s3://{BUCKET}/ocifs", mnt, minio.endpoint, work, env=minio.env(),
+                            log_file=work / "ocifs.log", extra_args=["--log-level", "debug"])
         self.mount_cmd = (f"ocifs mount s3://{BUCKET}/ocifs $MNT --endpoint-url http://127.0.0.1:PORT "
                           "--cache-dir DIR --log-file F")
 
     def mount(self):
-        self.gen += 1
-        subprocess.run([str(OCIFS), "mount", f"s3://{BUCKET}/ocifs", str(self.mnt), "--endpoint-url",
-                        self.url, "--cache-dir", str(self.work / f"cache{self.gen}"), "--log-file",
-                        str(self.log), "--log-level", "debug"],
-                       env=s3env(), check=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.m.mount()
 
     def umount(self):
-        subprocess.run([str(OCIFS), "umount", str(self.mnt)], env=s3env(), check=True, timeout=300,
-                       stdin=subprocess.DEVNULL)
+        self.m.umount()
 
     def cleanup(self):
-        if is_mounted(self.mnt):
-            subprocess.run([str(OCIFS), "umount", str(self.mnt)], env=s3env(), timeout=300)
-        if is_mounted(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], timeout=30)
+        self.m.teardown()
 
 
 class S3fsMount:
     name = "s3fs"
 
-    def __init__(self, url, work: Path):
-        self.url, self.work, self.mnt = url, work, work / "mnt-s3fs"
+    def __init__(self, minio: MinioServer, work: Path):
+        self.url, self.work, self.mnt = minio.endpoint, work, work / "mnt-s3fs"
         self.mnt.mkdir()
         self.passwd = work / "s3fs.passwd"
-        self.passwd.write_text(f"{USER}:{PASSWORD}\n")
+        self.passwd.write_text(f"{minio.access_key}:{minio.secret_key}\n")
         self.passwd.chmod(0o600)
         self.mount_cmd = (f"s3fs {BUCKET}:/s3fs $MNT -o url=http://127.0.0.1:PORT,"
                           "use_path_request_style,passwd_file=FILE")
@@ -798,11 +726,8 @@ class S3fsMount:
         subprocess.run(["s3fs", f"{BUCKET}:/s3fs", str(self.mnt), "-o",
                         f"url={self.url},use_path_request_style,passwd_file={self.passwd}"],
                        check=True, timeout=60, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while not is_mounted(self.mnt):
-            if time.monotonic() > deadline:
-                raise RuntimeError("s3fs did not mount")
-            time.sleep(0.1)
+        if not wait_mounted(self.mnt, 30):
+            raise RuntimeError("s3fs did not mount")
 
     def umount(self):
         subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True, timeout=300)
@@ -814,8 +739,7 @@ class S3fsMount:
             time.sleep(0.2)
 
     def cleanup(self):
-        if is_mounted(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], timeout=30)
+        force_unmount(self.mnt)
 
 
 def stop_zot(c: Ctx) -> None:
@@ -830,8 +754,9 @@ class ForegroundMount:
 
     name = "?"
 
-    def __init__(self, url, work: Path):
-        self.url, self.work, self.mnt = url, work, work / f"mnt-{self.name}"
+    def __init__(self, minio: MinioServer, work: Path):
+        self.url, self.work, self.mnt = minio.endpoint, work, work / f"mnt-{self.name}"
+        self.env = minio.env()
         self.mnt.mkdir()
         self.proc = None
         self.gen = 0
@@ -844,15 +769,12 @@ class ForegroundMount:
         need(exe)
         self.gen += 1
         log = open(self.work / f"{self.name}-{self.gen}.log", "wb")
-        self.proc = subprocess.Popen([str(exe), *self.argv()], env=s3env(), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([str(exe), *self.argv()], env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + 30
-        while not is_mounted(self.mnt):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                stop(self.proc)
-                raise RuntimeError(f"{self.name} did not mount (see {self.work})")
-            time.sleep(0.1)
+        if not wait_mounted(self.mnt, 30, self.proc):
+            stop_process(self.proc, group=True)
+            raise RuntimeError(f"{self.name} did not mount (see {self.work})")
 
     def umount(self):
         subprocess.run(["fusermount3", "-u", str(self.mnt)], check=True, timeout=300)
@@ -861,13 +783,12 @@ class ForegroundMount:
             # and then stays up, unmounted, until it is told to stop
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            stop(self.proc)
+            stop_process(self.proc, group=True)
 
     def cleanup(self):
-        if is_mounted(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], timeout=30)
+        force_unmount(self.mnt)
         if self.proc is not None:
-            stop(self.proc)
+            stop_process(self.proc, group=True)
 
 
 class GoofysMount(ForegroundMount):
@@ -894,7 +815,7 @@ class GeesefsMount(ForegroundMount):
         return ["-f", "--endpoint", self.url, "--region", "us-east-1", f"{BUCKET}:geesefs", str(self.mnt)]
 
 
-MOUNTS = {m.name: m for m in (OcifsMount, S3fsMount, GoofysMount, GeesefsMount)}
+MOUNTS = {m.name: m for m in (OcifsMatrixMount, S3fsMount, GoofysMount, GeesefsMount)}
 
 
 def run_matrix(fs, img: Path, registry, work: Path, s3, prefix: str):
@@ -935,7 +856,7 @@ def render(all_results, stats, mounts, registry) -> str:
     lines = [
         "# ocifs interop matrix",
         "",
-        "Produced by `.venv/bin/python tests/interop/matrix.py` (not a test). One MinIO, one "
+        "Produced by `.venv/bin/python scripts/interop_matrix.py` (not a test). One MinIO, one "
         f"bucket `{BUCKET}`; each filesystem mounts its own prefix of it (`ocifs/`, `s3fs/`, "
         "`goofys/`, `geesefs/`). The same commands run in the same order on each mount. Seconds are wall time of the "
         "whole step (commands + checks).",
@@ -989,7 +910,7 @@ def render(all_results, stats, mounts, registry) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--only", default=",".join(MOUNTS), help="comma list of filesystems (default: all)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (ocifs debug log)")
     args = ap.parse_args()
@@ -999,13 +920,17 @@ def main():
     for t in ("skopeo", "umoci", "fusermount3", ORAS, MINIO, OCIFS, ZOT):
         need(t)
     root = Path(tempfile.mkdtemp(prefix="ocifs-matrix-"))
-    procs, mounts = [], []
+    servers, mounts = [], []
     try:
-        minio, url = start_minio(root)
-        procs.append(minio)
-        reg, registry = start_registry(root)
-        procs.append(reg)
-        s3 = s3client(url)
+        minio = MinioServer(root / "minio")
+        servers.append(minio)
+        minio.start()
+        registry = None
+        if shutil.which("docker-registry"):  # optional: the `oras cp` rows fail without it
+            reg = Registry(root / "registry")
+            servers.append(reg)
+            registry = reg.start().addr
+        s3 = minio.client()
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key="s3fs/", Body=b"")  # s3fs needs its prefix to exist
         # the image both runs copy in
@@ -1017,7 +942,7 @@ def main():
         for cls in (MOUNTS[n] for n in only):
             work = root / cls.name
             work.mkdir()
-            fs = cls(url, work)
+            fs = cls(minio, work)
             mounts.append(fs)
             try:
                 all_results[fs.name], stats[fs.name] = run_matrix(
@@ -1026,11 +951,13 @@ def main():
                 fs.cleanup()
         Path(args.out).write_text(render(all_results, stats, mounts, registry))
         print(f"wrote {args.out}")
+    except RigError as e:
+        sys.exit(f"interop matrix: {e}")
     finally:
         for m in mounts:
             m.cleanup()
-        for p in procs:
-            stop(p)
+        for server in servers:
+            server.stop()
         if args.keep:
             print(f"kept {root} (ocifs log: {root / 'ocifs' / 'ocifs.log'})")
         else:

@@ -53,32 +53,29 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the test rig, testkit/
 
-from reliability.harness import (  # noqa: E402
-    MiB,
-    HarnessError,
+from testkit import (  # noqa: E402
+    TOOLS,
+    VENV_BIN,
+    CommandTimeout,
     MinioServer,
+    OcifsMount,
+    Result,
+    RigError,
     Toxiproxy,
     alive,
-    bounded,
-    content,
-    daemon_pid,
-    fd_count,
     get_or_none,
     incomplete_uploads,
     is_mounted,
-    lazy_unmount,
     list_keys,
     ocifs_cmd,
-    pread,
-    read_file,
-    rss_mib,
+    require_tool,
     run,
     s3_env,
-    tool,
-    write_file,
 )
+from testkit.fsops import MiB, bounded, content, pread, read_file, write_file  # noqa: E402
+from testkit.procs import fd_count, rss_mib  # noqa: E402
 
 MARGIN = 25
 CACHE_MIB = 128
@@ -232,6 +229,7 @@ class Soak:
         self.minio = MinioServer(self.work / "minio")
         self.toxi = Toxiproxy(self.work / "toxi")
         self.mounts: dict[str, Path] = {n: self.work / f"mnt-{n}" for n in ("main", "a", "b")}
+        self.ocifs: dict[str, OcifsMount] = {}
         self.logs: dict[str, Path] = {n: self.work / f"ocifs-{n}.log" for n in self.mounts}
         self.pids: dict[str, int] = {}
         self.dead: set[str] = set()
@@ -252,11 +250,10 @@ class Soak:
 
     # --- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
-        self.minio.root.mkdir(parents=True, exist_ok=True)
         self.minio.start()
-        self.toxi.workdir.mkdir(parents=True, exist_ok=True)
         self.toxi.start()
-        self.endpoint = self.toxi.proxy("s3", f"127.0.0.1:{self.minio.port}")
+        self.proxy = self.toxi.proxy("s3", self.minio.endpoint)
+        self.endpoint = self.proxy.endpoint
         self.s3 = self.minio.client(attempts=5, read_timeout=60)
         self.s3.create_bucket(Bucket=BUCKET)
         for i in range(8):
@@ -268,12 +265,13 @@ class Soak:
         for name, mnt in self.mounts.items():
             mnt.mkdir()
             extra = ["-o", "allow_other"] if name == "main" else []
-            res = run([*ocifs_cmd(), "mount", f"s3://{BUCKET}", mnt, "--endpoint-url", self.endpoint,
-                       "--op-timeout", self.op_timeout, "--cache-size", CACHE_MIB, "--cache-dir", self.work / f"cache-{name}",
-                       "--log-file", self.logs[name], "--log-level", "debug", *extra], env=self.env, timeout=60)
-            if res.returncode != 0 or not is_mounted(mnt):
-                raise HarnessError(f"ocifs mount {name} failed: {res.stderr.strip()}")
-            self.pids[name] = daemon_pid(mnt)
+            m = OcifsMount(f"s3://{BUCKET}", mnt, self.endpoint, self.work, env=self.env,
+                           cache_dir=self.work / f"cache-{name}", log_file=self.logs[name],
+                           extra_args=["--op-timeout", str(self.op_timeout), "--cache-size", str(CACHE_MIB),
+                                       "--log-level", "debug", *extra])
+            self.ocifs[name] = m
+            m.mount()
+            self.pids[name] = m.pid
         main = self.mounts["main"]
         (main / "w").mkdir()
         # What the other user tries to change: root's files (0644, 0600) and directory.
@@ -290,7 +288,7 @@ class Soak:
         (self.work / "oras-home").mkdir()
         seed = Pusher(self, "seed", "a")
         if not seed.push("seed", {"seed.txt": b"seed"}):
-            raise HarnessError(f"the first oras push failed: {seed.last_error}")
+            raise RigError(f"the first oras push failed: {seed.last_error}")
         self.pushers.append(seed)  # its tag is checked at the end like the others
         self.seed_blob = f"{LAYOUT}/blobs/sha256/{seed.images['seed'][0].split(':', 1)[1]}"
         log(f"MinIO {self.minio.endpoint}, proxy {self.endpoint}, mounts {self.work}/mnt-*, "
@@ -304,11 +302,11 @@ class Soak:
         return out
 
     # --- commands (from this process, which holds no file of a mount open) ---------------
-    def command(self, what: str, args: list, timeout: float, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess | None:
+    def command(self, what: str, args: list, timeout: float, env: dict | None = None, cwd=None) -> Result | None:
         """Run a command within ``timeout``; None (and a hang counted) if it outlives it."""
         try:
             res = run(args, timeout=timeout, env=env or self.env, cwd=cwd)
-        except HarnessError:
+        except CommandTimeout:
             self.k.add("hangs", example=f"{what} still running after {timeout:.0f}s (killed)")
             return None
         out = f"--- {what}: exit {res.returncode}\n{res.stdout}{res.stderr}"
@@ -403,10 +401,7 @@ class Soak:
     def faults_cycle(self, rng: random.Random):
         """(name, hold range, inject, undo) in a shuffled order, forever."""
         def toxic(type_, stream, toxicity=1.0, **attrs):
-            return (lambda: self.toxi.add("s3", type_, stream, toxicity, **attrs)), (lambda t: self.toxi.remove("s3", t))
-
-        def signal_minio(sig):
-            return lambda *_: self.minio.proc.send_signal(sig)
+            return (lambda: self.proxy.add(type_, stream, toxicity, **attrs)), self.proxy.remove
 
         short = (3, 10)
         catalogue = [
@@ -419,11 +414,11 @@ class Soak:
             ("uploads cut after 2MiB 50%", short, *toxic("limit_data", "upstream", 0.5, bytes=2 * MiB)),
             ("slicer", short, *toxic("slicer", "downstream", average_size=100, size_variation=50, delay=200)),
             ("silent server", short, *toxic("timeout", "downstream", 0.7, timeout=0)),
-            ("connections refused", short, lambda: self.toxi.set_enabled("s3", False), lambda _: self.toxi.set_enabled("s3", True)),
+            ("connections refused", short, self.proxy.disable, lambda _: self.proxy.enable()),
             ("minio SIGKILL + restart", short, self.minio.kill, lambda _: self.minio.start()),
             # longer than --op-timeout: operations in flight give up (EIO) while S3 is frozen
             (f"minio SIGSTOP {self.op_timeout + 10:.0f}s + SIGCONT", (self.op_timeout + 10,) * 2,
-             signal_minio(signal.SIGSTOP), signal_minio(signal.SIGCONT)),
+             self.minio.pause, lambda _: self.minio.resume()),
         ]
         while True:
             rng.shuffle(catalogue)
@@ -481,12 +476,11 @@ class Soak:
 
     # --- verification -----------------------------------------------------------------------
     def verify(self) -> None:
-        self.toxi.set_enabled("s3", True)
-        self.toxi.clear("s3")
-        if self.minio.proc is None or self.minio.proc.poll() is not None:
-            self.minio.start()
+        self.proxy.clear()
+        if self.minio.running:
+            self.minio.resume()
         else:
-            self.minio.proc.send_signal(signal.SIGCONT)
+            self.minio.start()
         self.check_mounts()
         # multipart uploads of the writers: every file is closed now; aborted ones must disappear
         deadline = time.monotonic() + 60
@@ -536,16 +530,13 @@ class Soak:
                     self.k.add("dangling_references", example=line)
 
     def teardown(self) -> None:
-        for name, mnt in self.mounts.items():
-            if is_mounted(mnt):
-                try:
-                    res = run([*ocifs_cmd(), "umount", mnt], env=self.env, timeout=300)
-                    problem = f"exit {res.returncode}: {res.stderr.strip()}" if res.returncode else None
-                except Exception as e:
-                    problem = str(e)
-                if problem:
-                    self.k.add("mount_broken_after", example=f"ocifs umount {name}: {problem}")
-                lazy_unmount(mnt)
+        for name, m in self.ocifs.items():
+            try:
+                problem = m.teardown(timeout=300)
+            except Exception as e:
+                problem = str(e)
+            if problem:
+                self.k.add("mount_broken_after", example=f"ocifs umount {name}: {problem}")
         self.toxi.stop()
         self.minio.stop()
 
@@ -676,9 +667,9 @@ class Pusher:
         self.last_error = ""
         self.dir = soak.work / f"push-{name}"
 
-    def oras(self, what: str, *args: str, cwd=None) -> subprocess.CompletedProcess | None:
+    def oras(self, what: str, *args: str, cwd=None) -> Result | None:
         env = {**self.soak.env, "HOME": str(self.soak.work / "oras-home")}
-        res = self.soak.command(f"oras {what} ({self.name})", [tool("oras"), *args], self.soak.push_deadline, env=env, cwd=cwd)
+        res = self.soak.command(f"oras {what} ({self.name})", [require_tool(TOOLS / "oras"), *args], self.soak.push_deadline, env=env, cwd=cwd)
         if res is not None and res.returncode != 0:
             self.last_error = ((res.stderr or res.stdout).strip().splitlines() or [""])[-1]
             self.soak.k.failed(f"oras-{what}", f"exit {res.returncode}")
@@ -745,7 +736,7 @@ def main() -> int:
         result = Load(args).run()
         Path(args.result).write_text(json.dumps(result))
         os._exit(0)  # threads stuck in a FUSE call (counted as hangs) must not hold the exit
-    os.environ["PATH"] = f"{REPO / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"
+    os.environ["PATH"] = f"{VENV_BIN}:{os.environ.get('PATH', '')}"
     if os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK):
         print(f"soak needs root (mounts, user nobody) and {SYSTEM_PYTHON}: run scripts/setup.sh", file=sys.stderr)
         return 2
