@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import testkit
 from bench.common import CLEANUP, drop_caches, log, proc_cpu_seconds, tool
@@ -43,7 +44,8 @@ class ZotS3(Target):
         return "storageDriver {name: s3, region, bucket, regionendpoint: PROXY, forcepathstyle, secure: false}, dedupe: false, gc: false"
 
 
-def on_s3(env: Env, state, endpoint) -> dict:
+def on_s3(env: Env, state: Path, endpoint) -> dict:
+    """zot's own S3 driver on the run's bucket through ``endpoint`` (state kept in ``state``)."""
     return testkit.storage_on_s3(state, env.bucket, endpoint.url, endpoint.access_key, endpoint.secret_key,
                                  region=endpoint.region)
 

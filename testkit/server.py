@@ -87,6 +87,7 @@ class Server:
     def stop(self) -> None:
         """SIGTERM (the server's process group), SIGKILL if it is still there after a while."""
         if self.proc is not None:
+            self.resume()  # a frozen server would only see the SIGTERM once thawed
             stop_process(self.proc, self.stop_timeout, group=True)
 
     def kill(self) -> None:
