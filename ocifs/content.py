@@ -61,7 +61,11 @@ class Staging:
         staging file unlabelled, never the write refused)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            tmp.write_text(what + "\n")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a key name is private too
+            try:
+                os.write(fd, (what + "\n").encode())
+            finally:
+                os.close(fd)
             tmp.replace(self.path.with_name(self.path.name + LABEL_SUFFIX))
         except OSError:
             tmp.unlink(missing_ok=True)
