@@ -35,7 +35,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from ocifs import errors, store
+from ocifs import errors, store, trace
 from ocifs.config import Config
 from ocifs.store import ListPage, ObjectInfo, PartInfo, UploadInfo
 
@@ -63,6 +63,7 @@ class AsyncioThread:
         self._thread.start()
 
     def _run(self) -> None:
+        trace.name_os_thread("ocifs-s3")
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
@@ -459,6 +460,7 @@ class S3:
 
         assert self.limiter is not None
         async with self.part_memory, self.limiter:
+            trace.event("part_slot", part=number)
             data = body() if callable(body) else body
             if not isinstance(data, bytes):
                 data = bytes(data)

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import trio
 
-from ocifs import errors, store
+from ocifs import errors, store, trace
 from ocifs.content import Content, FetchChunk
 from ocifs.store import ObjectStore
 
@@ -246,7 +246,12 @@ class Upload:
         """Start every ready part (the writer waits here when too many are in flight)."""
         async with self._pump_lock:
             while self.ready():
-                await self._inflight.acquire()
+                if trace.on() and self._inflight.value == 0:
+                    t0 = trio.current_time()
+                    await self._inflight.acquire()
+                    trace.event("writer_wait", part=self.layout.first + self._next, seconds=f"{trio.current_time() - t0:.4f}")
+                else:
+                    await self._inflight.acquire()
                 try:
                     await self._ensure(key, meta)
                 except store.StoreError as exc:
@@ -263,7 +268,9 @@ class Upload:
 
     async def _ensure(self, key: str, meta: dict[str, str]) -> None:
         if self.upload_id is None:
+            trace.event("create_start", key=key)
             self.upload_id = await self.s3.create_multipart(key, meta)
+            trace.event("create_done", key=key)
             self.key = key
             self.meta = dict(meta)
 
@@ -280,11 +287,14 @@ class Upload:
 
     async def _part_task(self, number: int, start: int, end: int, acquired: bool, copy: bool, commit: bool) -> None:
         gen = self._gen
+        trace.event("part_queued", part=number, start=start, end=end, commit=int(commit))
         try:
             if not acquired:
                 await self._inflight.acquire()
             try:
+                trace.event("part_start", part=number)
                 etag = await self._send(number, start, end, copy)
+                trace.event("part_done", part=number)
             finally:
                 self._inflight.release()
             if gen == self._gen:
@@ -323,7 +333,9 @@ class Upload:
     async def finish(self, key: str, meta: dict[str, str], fix_meta: bool = True) -> str:
         """Publish the content at ``key``; returns the ETag. On failure nothing is published
         and the upload is aborted (the content is kept, so the commit can be retried)."""
+        trace.event("commit_start", key=key, size=self.content.size, running=self._running, sent=len(self._sent))
         await self.wait_idle()
+        trace.event("commit_idle", key=key)
         try:
             if self.error is not None:
                 raise self.error
@@ -386,7 +398,9 @@ class Upload:
             raise self.error
         numbers = list(range(1, len(prefix) + 1)) + [self.layout.first + i for i in range(count)]
         assert self.upload_id is not None
+        trace.event("complete_start", key=key, parts=len(numbers), sent_at_commit=len(todo))
         etag = await self.s3.complete_multipart(key, self.upload_id, [(n, self._sent[n].etag) for n in numbers])
+        trace.event("complete_done", key=key)
         self.upload_id = None  # completed: nothing left to abort
         return etag
 
