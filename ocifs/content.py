@@ -85,6 +85,22 @@ class Staging:
             self.path.unlink(missing_ok=True)
 
 
+class StagedRange:
+    """Bytes [start, end) of a staging file, read when a request slot is free.
+
+    Calling it returns the bytes (a :data:`ocifs.store.BodySource` for any ObjectStore); the
+    native data plane reads ``fd`` itself, straight into its send buffer.
+    """
+
+    __slots__ = ("content", "fd", "start", "end")
+
+    def __init__(self, content: "Content", start: int, end: int) -> None:
+        self.content, self.fd, self.start, self.end = content, content.staging.fd, start, end
+
+    def __call__(self) -> bytes:
+        return self.content.pread_local(self.start, self.end)
+
+
 class StreamingHash:
     """sha256 of a staging file's bytes [0, n) as a writer appends them, computed off the
     FUSE thread.
@@ -288,6 +304,11 @@ class Content:
                 out.append(memoryview(data)[pos - c * cs : stop - c * cs])
             pos = stop
         return out[0] if len(out) == 1 and isinstance(out[0], bytes) else b"".join(out)
+
+    def staged(self, start: int, end: int) -> StagedRange:
+        """Bytes [start, end) as a part body (the caller made them local)."""
+        assert not self.needs_base(start, end), "staged range of bytes still in the base"
+        return StagedRange(self, start, end)
 
     def pread_local(self, start: int, end: int) -> bytes:
         """Bytes [start, end) straight from staging (the caller made them local)."""

@@ -328,7 +328,7 @@ class Upload:
         if c.needs_base(start, end):
             await c.materialize(start, end, self.fetch)
         # Read the body only once a request slot is free (bounded memory with many writers).
-        return await self.s3.upload_part(self.key, self.upload_id, number, lambda: c.pread_local(start, end))
+        return await self.s3.upload_part(self.key, self.upload_id, number, c.staged(start, end))
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
