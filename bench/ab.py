@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--variant", action="append", required=True, metavar="NAME=REV[,ENV=V][,--flag=v]",
                    help="ocifs at a git revision (. = working tree), with environment and mount flags; the first is the baseline")
-    p.add_argument("--workloads", default="push,pull-cold")
+    p.add_argument("--workloads", default="push,pull-cold", help="push,pull-cold; pull-cold alone: one push per case and repetition serves every variant's pull")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     variants = [Variant.parse(v) for v in a.variant]
@@ -62,20 +62,23 @@ def main(argv: list[str] | None = None) -> int:
         "nproc": os.cpu_count(), "loadavg_at_start": os.getloadavg(), "started": dt.datetime.now().isoformat(timespec="seconds"),
     }, indent=1) + "\n")
     runs: list[dict] = []
-    n = 0
     try:
         for case in cases:
             case.make(work)
             for rep in range(a.reps):
                 order = variants[rep % len(variants):] + variants[: rep % len(variants)]
+                if "push" not in want:  # pulls only: one push (by the first variant) serves them all
+                    shared = f"ab-{case.name.lower()}-{rep}"
+                    _unit(lab, variants[0], case, shared, rep, home, {"push"}, keep=True)
                 for v in order:
-                    n += 1
-                    repo = f"ab-{case.name.lower()}-{v.name}-{rep}"
-                    for rec in _unit(lab, v, case, repo, rep, home, want):
+                    repo = f"ab-{case.name.lower()}-{v.name}-{rep}" if "push" in want else shared
+                    for rec in _unit(lab, v, case, repo, rep, home, want, keep="push" not in want):
                         runs.append(rec)
                         with open(out / "runs.jsonl", "a") as f:
                             f.write(json.dumps(rec, default=str) + "\n")
                         log(_line(rec))
+                if "push" not in want:
+                    cleanup(lab, shared)
             case.drop()
     except KeyboardInterrupt:
         log("[ab] interrupted: summarizing what ran")
@@ -87,16 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if runs and all(r["ok"] for r in runs) else 1
 
 
-def _unit(lab: Lab, v: Variant, case: Blobs, repo: str, rep: int, home: Path, want: set[str]) -> list[dict]:
+def _unit(lab: Lab, v: Variant, case: Blobs, repo: str, rep: int, home: Path, want: set[str], keep: bool = False) -> list[dict]:
+    """``want``: "push" and/or "pull-cold" (a pull without a push reads ``repo`` as it is);
+    ``keep``: leave ``repo`` in the bucket."""
     base = {"variant": v.name, "commit": v.commit, "case": case.name, "bytes": case.total, "rep": rep}
     recs = []
-    where = lab.work / "mounts" / f"{repo}"
+    where = lab.work / "mounts" / f"{repo}-{v.name}"
     try:
-        m = v.mount(lab, where / "push")
-        try:
-            recs.append({**base, "workload": "push", "ok": True, **push(lab, m, case, repo, home)})
-        finally:
-            CLEANUP.pop_run(m.teardown)
+        if "push" in want:
+            m = v.mount(lab, where / "push")
+            try:
+                recs.append({**base, "workload": "push", "ok": True, **push(lab, m, case, repo, home)})
+            finally:
+                CLEANUP.pop_run(m.teardown)
         if "pull-cold" in want:
             m = v.mount(lab, where / "pull")
             try:
@@ -104,10 +110,14 @@ def _unit(lab: Lab, v: Variant, case: Blobs, repo: str, rep: int, home: Path, wa
             finally:
                 CLEANUP.pop_run(m.teardown)
     except Exception as exc:
-        recs.append({**base, "workload": "push" if not recs else "pull-cold", "ok": False, "error": str(exc)[:1000]})
+        logs = sorted(where.glob("*/ocifs.log"))
+        tail = logs[-1].read_text(errors="replace").splitlines()[-40:] if logs else []
+        recs.append({**base, "workload": "push" if not recs else "pull-cold", "ok": False, "error": str(exc)[:1000],
+                     "daemon_log_tail": tail})
     finally:
-        cleanup(lab, repo)
-    return [r for r in recs if r["workload"] in want or not r["ok"]]
+        if not keep:
+            cleanup(lab, repo)
+    return recs
 
 
 def _line(r: dict) -> str:
