@@ -47,8 +47,10 @@ class Spy:
     """``py-spy record`` of one process for the duration of a ``with`` block."""
 
     def __init__(self, pid: int, out: Path, native: bool) -> None:
+        # --native needs to stop the process for each sample (py-spy refuses --nonblocking then):
+        # slower, so it is an option.
         self.args = [tool("py-spy") or "py-spy", "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE),
-                     "--threads", "--format", "raw", "-o", str(out), "--nonblocking"] + (["--native"] if native else [])
+                     "--threads", "--format", "raw", "-o", str(out)] + (["--native"] if native else ["--nonblocking"])
         self.out = out
 
     def __enter__(self) -> "Spy":
@@ -59,9 +61,12 @@ class Spy:
     def __exit__(self, *exc: object) -> None:
         self.proc.send_signal(2)
         try:
-            self.proc.wait(30)
+            _, err = self.proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            err = b"(killed)"
+        if not self.out.exists():
+            raise RuntimeError(f"py-spy wrote no profile: {err.decode(errors='replace')[-500:]}")
 
 
 def folded(path: Path) -> list[tuple[list[str], int]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.common import (
     MiB, REPO, Endpoint, OcifsMount, boto_client, children_cpu_seconds, delete_prefix, drop_caches,
-    proc_cpu_seconds, start_minio, tool,
+    peak_rss_bytes, proc_cpu_seconds, reset_peak_rss, start_minio, tool,
 )
 from bench.data import Pattern, sha256_file
 from bench.netem import PROFILES, start_toxiproxy
@@ -100,7 +100,12 @@ class Variant:
         return v
 
     def prepare(self, work: Path) -> None:
-        """Export ``ocifs/`` at ``rev`` (a fixed commit: the branch may move during the run)."""
+        """Export ``ocifs/`` at ``rev`` (a fixed commit: the branch may move during the run).
+        A ``rev`` that is a directory holding ``ocifs/`` is used as it is (experiments)."""
+        if Path(self.rev, "ocifs").is_dir():
+            self.commit = f"tree {self.rev}"
+            self.env = {"PYTHONPATH": str(Path(self.rev).resolve()), **self.env}
+            return
         self.commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", self.rev if self.rev != "." else "HEAD"],
                                      capture_output=True, text=True, check=True).stdout.strip()
         if self.rev == ".":
@@ -192,6 +197,7 @@ class Probe:
         self.lab, self.pid = lab, pid
         self.c0, self.s0, self.t0 = children_cpu_seconds(), lab.server_cpu(), time.perf_counter()
         self.d0 = thread_cpu(pid)
+        reset_peak_rss(pid)
 
     def stop(self, nbytes: int) -> dict:
         seconds = time.perf_counter() - self.t0
@@ -203,6 +209,7 @@ class Probe:
             "client_cpu_s": round(client, 3), "daemon_cpu_s": round(daemon, 3), "server_cpu_s": round(server, 3),
             "cpu_s_per_gib": {"client": round(client / gib, 3), "daemon": round(daemon / gib, 3), "server": round(server / gib, 3)},
             "daemon_threads": threads,
+            "daemon_peak_rss_mib": round((peak_rss_bytes(self.pid) or 0) / MiB),
         }
 
 

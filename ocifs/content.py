@@ -89,7 +89,7 @@ class StagedRange:
     """Bytes [start, end) of a staging file, read when a request slot is free.
 
     Calling it returns the bytes (a :data:`ocifs.store.BodySource` for any ObjectStore); the
-    native data plane reads ``fd`` itself, straight into its send buffer.
+    native data plane sends it from ``fd`` with ``sendfile`` instead (no copy in the process).
     """
 
     __slots__ = ("content", "fd", "start", "end")

@@ -6,9 +6,10 @@ on its own asyncio event loop in a dedicated thread, and trio tasks await its co
 request finishes. No thread is blocked per request, and cancelling the trio task cancels the
 asyncio task. Why this bridge and not trio-asyncio: see README, "Design".
 
-The bulk requests (UploadPart, ranged GetObject) go through a native data plane
-(:mod:`ocifs.dataplane`, awscrt) when it is installed and answers like aiobotocore at mount
-time; ``OCIFS_DATA_PLANE=aiobotocore`` keeps them on aiobotocore too.
+The bulk requests (UploadPart, ranged GetObject) go through the native data plane
+(:mod:`ocifs.dataplane`: worker threads, ``sendfile`` and ``readinto``, off the GIL) when it
+answers like aiobotocore at mount time; ``OCIFS_DATA_PLANE=aiobotocore`` keeps them on
+aiobotocore too.
 
 It implements :class:`ocifs.store.ObjectStore`. Everything here raises :mod:`ocifs.store` errors
 (what S3 answered, no errno), never botocore ones, and counts every request by type in
@@ -24,6 +25,8 @@ import datetime as dt
 import logging
 import os
 import threading
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -43,7 +46,7 @@ from botocore.exceptions import (
 
 from ocifs import errors, store, trace
 from ocifs.config import Config
-from ocifs.dataplane import DENIED_CODES, BodyError, CrtDataPlane, Endpoint, error_for
+from ocifs.dataplane import DENIED_CODES, BodyError, Endpoint, HttpDataPlane, error_for
 from ocifs.store import ListPage, ObjectInfo, PartInfo, UploadInfo
 
 log = logging.getLogger(__name__)
@@ -142,10 +145,10 @@ class S3:
         self._aio = AsyncioThread()
         self._client: Any = None
         self._exit_stack: Any = None
-        # "auto": the native data plane when awscrt is installed and passes the mount-time
-        # check; "crt": it or fail; "aiobotocore": never.
+        # "auto": the native data plane when it passes the mount-time check; "native": it or
+        # fail; "aiobotocore": never.
         self.data_plane_mode = data_plane or os.environ.get("OCIFS_DATA_PLANE", "auto")
-        self.plane: CrtDataPlane | None = None
+        self.plane: HttpDataPlane | None = None
         self._credentials: Any = None  # aiobotocore's (maybe refreshable) credentials
         self._frozen: tuple[str, str, str | None] | None = None  # what the data plane signs with
         self._refresher: asyncio.Task[None] | None = None
@@ -223,24 +226,22 @@ class S3:
         if self.data_plane_mode != "aiobotocore":
             self.plane = self._open_plane()
 
-    def _open_plane(self) -> CrtDataPlane | None:
-        """The native data plane, if awscrt is installed and it answers one probe exactly as
-        aiobotocore does (same endpoint, region and credentials); else None (said once)."""
-        required = self.data_plane_mode == "crt"
+    def _open_plane(self) -> HttpDataPlane | None:
+        """The native data plane, if it answers one probe exactly as aiobotocore does (same
+        endpoint, region and credentials); else None (said once)."""
+        required = self.data_plane_mode == "native"
+        url = self.cfg.endpoint_url or self._client.meta.endpoint_url
         why = ""
-        try:
-            import awscrt  # noqa: F401
-        except ImportError:
-            why = "awscrt is not installed"
-        if not why and self._frozen is None:
+        if self._frozen is None:
             why = "no credentials to sign with"
+        elif urllib.request.getproxies() and not urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname or ""):
+            why = "an HTTP(S) proxy is configured (botocore's job)"
         if why:
             if required:
-                raise errors.OcifsError(f"data plane crt: {why}")
+                raise errors.OcifsError(f"data plane native: {why}")
             log.info("bulk transfers use aiobotocore (%s)", why)
             return None
-        url = self.cfg.endpoint_url or self._client.meta.endpoint_url
-        plane = CrtDataPlane(
+        plane = HttpDataPlane(
             Endpoint.for_bucket(url, self.bucket, path_style=self.cfg.endpoint_url is not None),
             self._client.meta.region_name or "us-east-1",
             self._signing_credentials,
@@ -251,12 +252,12 @@ class S3:
         ours = plane.probe_blocking(probe)
         theirs = self._aio.run_blocking(self._probe(probe), timeout=60)
         if type(ours) is type(theirs):
-            log.info("bulk transfers use the native data plane (awscrt)")
+            log.info("bulk transfers use the native data plane")
             return plane
         plane.close()
         why = f"a GET of a missing key answered {type(ours).__name__} ({ours}), aiobotocore {type(theirs).__name__}"
         if required:
-            raise errors.OcifsError(f"data plane crt: {why}")
+            raise errors.OcifsError(f"data plane native: {why}")
         log.warning("bulk transfers use aiobotocore: the native data plane does not work here: %s", why)
         return None
 
@@ -333,6 +334,7 @@ class S3:
         assert self.limiter is not None, "S3.limiter is set when the filesystem starts"
         async with self.limiter:
             self.stats[f"requests.{op}"] += 1
+            t0 = trace.on() and trio.current_time()
             try:
                 return await fn()
             except (store.NotFound, store.PreconditionFailed):
@@ -340,6 +342,9 @@ class S3:
             except store.StoreError:
                 self.stats[f"errors.{op}"] += 1
                 raise
+            finally:
+                if t0:
+                    trace.event("s3", op=op, seconds=f"{trio.current_time() - t0:.4f}")
 
     async def _guard(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:

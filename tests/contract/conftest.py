@@ -2,8 +2,8 @@
 
 Every test in this directory takes the ``backend`` fixture and runs three times: against
 :class:`fakes3.FakeS3`, and against the real client :class:`ocifs.s3.S3` on the session MinIO
-(tests/conftest.py) with each of its data planes (aiobotocore only, and the native awscrt one
-for UploadPart and ranged GETs), each in a fresh bucket. A behaviour the filesystem relies on is asserted
+(tests/conftest.py) with each of its data planes (aiobotocore only, and the native one for
+UploadPart and ranged GETs), each in a fresh bucket. A behaviour the filesystem relies on is asserted
 once, here, so the fake and real S3 cannot drift apart.
 
 Tests are ``async def`` and run under ``trio.run`` (the hook below; no pytest-trio needed),
@@ -40,7 +40,7 @@ class Backend:
         return self.prefix + rel
 
 
-PLANES = {"minio": "aiobotocore", "minio-crt": "crt"}
+PLANES = {"minio": "aiobotocore", "minio-native": "native"}
 
 
 @pytest.fixture(params=["fake", *PLANES])
@@ -54,7 +54,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     config = Config(bucket=bucket.name, prefix=bucket.prefix, endpoint_url=bucket.s3.endpoint, region=REGION)
     s3 = S3(config, data_plane=PLANES[request.param])
     s3.open_blocking()
-    assert (s3.plane is not None) == (request.param == "minio-crt")
+    assert (s3.plane is not None) == (request.param == "minio-native")
     try:
         yield Backend(s3, bucket.prefix)
     finally:
