@@ -344,7 +344,8 @@ class Upload:
             if self.error is not None:
                 raise self.error
             size = self.content.size
-            if size <= self.part_size:  # one PUT (an upload begun before a truncate is dropped)
+            if size <= self.part_size and not self._streamed_whole(key, size):
+                # One PUT (an upload begun before a truncate is dropped).
                 if self.upload_id is not None:
                     await self._abort()
                 return await self._put(key, meta, size)
@@ -361,6 +362,15 @@ class Upload:
             await self._abort()
             self._reset()
             raise
+
+    def _streamed_whole(self, key: str, size: int) -> bool:
+        """Whether the upload already holds all of a one-part content as its first part (a
+        file of exactly one part size: the part streamed when the writer reached its end).
+        Completing it costs one request; aborting it and PUTting the same bytes again cost a
+        second upload of the whole file (an 8 MiB `oras push` spent 0.30 s of 1.1 s on it)."""
+        sent = self._sent.get(self.layout.first)
+        return (self.upload_id is not None and self.key == key and self.origin == 0 and sent is not None
+                and (sent.start, sent.end) == (0, size) and self.layout.first not in self._stale)
 
     def rebased(self) -> None:
         """The content was published and rebased on it: lay out the next upload."""
