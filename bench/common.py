@@ -410,6 +410,7 @@ class OcifsMount:
     endpoint: Endpoint
     url: str
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. PYTHONPATH of another revision
 
     @property
     def pid(self) -> int | None:
@@ -434,7 +435,7 @@ class OcifsMount:
         res = subprocess.run(
             [exe, "mount", self.url, str(self.path), "--endpoint-url", self.endpoint.url,
              "--cache-dir", str(self.cache_dir), "--log-file", str(self.log_file), *self.extra],
-            env=self.endpoint.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
+            env={**self.endpoint.env(), **self.env}, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
         )
         if res.returncode != 0 or not is_mounted(self.path):
             raise RuntimeError(
@@ -447,7 +448,7 @@ class OcifsMount:
         exe = tool("ocifs")
         res = subprocess.run(
             [exe, "umount", str(self.path), "--timeout", str(int(timeout))],
-            env=self.endpoint.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            env={**self.endpoint.env(), **self.env}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
             timeout=timeout + 30,
         )
         if res.returncode != 0:
