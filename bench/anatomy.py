@@ -216,7 +216,7 @@ def plot(push_ev: list, pull_ev: list, size: int, out: Path) -> None:
         ax = a2.twinx()
         ax.plot([x for x, _ in w], [y * 1000 for _, y in w], "r.", markersize=4, label="a read waited (ms)")
         ax.set_ylabel("read waited for S3 (ms)", color="r")
-        a2.set_title(f"cold pull of the same blob: chunk GETs in flight, reads that waited")
+        a2.set_title("cold pull of the same blob: chunk GETs in flight, reads that waited")
         a2.set_xlabel("seconds")
         a2.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
