@@ -263,10 +263,11 @@ class OcifsMount:
     endpoint: Endpoint
     url: str
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. PYTHONPATH of another revision
 
     def __post_init__(self) -> None:
         self.m = testkit.OcifsMount(self.url, self.path, self.endpoint.url, self.log_file.parent, extra_args=self.extra,
-                                    env=self.endpoint.env(), cache_dir=self.cache_dir, log_file=self.log_file)
+                                    env={**self.endpoint.env(), **self.env}, cache_dir=self.cache_dir, log_file=self.log_file)
 
     @property
     def pid(self) -> int | None:

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma list (default: all)")
     r.add_argument("--quick", action="store_true", help="CI smoke: small sizes, 1 repetition, < 10 min")
     r.add_argument("--full", action="store_true", help="add the 2 GiB blob")
+    r.add_argument("--oras-blog", action="store_true",
+                   help="the ORAS blog's matrix: single blobs 8M..2G, 16Mx8, 64Mx8, 64Mx16; push, pull-cold, pull-warm")
     r.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
     r.add_argument("--sizes", default=None, help=f"single-blob sizes (default {DEFAULT_SIZES})")
     r.add_argument("--multi", default=None, help=f"multi-blob artifacts SIZExCOUNT (default {DEFAULT_MULTI})")
@@ -134,6 +136,10 @@ def run(args) -> int:
     t_start = time.monotonic()
     quick = args.quick
     reps = args.reps or (1 if quick else 3)
+    if args.oras_blog:
+        args.sizes, args.multi = args.sizes or DEFAULT_SIZES + ",2G", args.multi if args.multi is not None else DEFAULT_MULTI
+        if args.workloads == ",".join(ALL_WORKLOADS):
+            args.workloads = "push,pull-cold,pull-warm"
     sizes = args.sizes or ("8M,64M" if quick else DEFAULT_SIZES + (",2G" if args.full else ""))
     multi = args.multi if args.multi is not None else ("16Mx4" if quick else DEFAULT_MULTI)
     cases = parse_cases(sizes, multi)
@@ -181,6 +187,8 @@ def run(args) -> int:
                         randread_seconds=args.randread_seconds or (3 if quick else 15),
                         fio_size=args.fio_size or (64 * MiB if quick else 1024 * MiB),
                         direct_endpoint=ep if args.endpoint_url else server.endpoint)
+    if not args.endpoint_url:
+        env.server_pids = [server.proc.pid] + ([tp.proc.pid] if toxics is not None else [])
 
     tgts, skipped = [], {}
     for name in [x.strip() for x in args.targets.split(",") if x.strip()]:

@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from bench import perfreport
 from bench.common import MiB, median
 from bench.targets import ALL, FUSE
 
@@ -46,6 +47,7 @@ def summarize(runs: list[dict]) -> list[dict]:
             "peak_rss_bytes": max(rss) if rss else None,
             "median_daemon_cpu_s": round(median(dcpu), 3) if dcpu else None,
             "median_client_cpu_s": round(median(ccpu), 3) if ccpu else None,
+            "median_server_cpu_s": _median_of(ok, "server_cpu_s"),
         }
         amp = [r["extra"].get("s3_bytes_per_byte_read") for r in ok if r.get("extra", {}).get("s3_bytes_per_byte_read")]
         if amp:
@@ -60,6 +62,11 @@ def summarize(runs: list[dict]) -> list[dict]:
     out.sort(key=lambda s: (ORDER.index(s["workload"]) if s["workload"] in ORDER else 99, s["size_bytes"],
                             s["case"], TARGET_ORDER.index(s["target"]) if s["target"] in TARGET_ORDER else 99))
     return out
+
+
+def _median_of(runs: list[dict], key: str) -> float | None:
+    xs = [r[key] for r in runs if r.get(key) is not None]
+    return round(median(xs), 3) if xs else None
 
 
 def _metric(s: dict | None, workload: str) -> float | None:
@@ -175,6 +182,7 @@ def build(out: Path) -> None:
         for p in plots:
             L.append(f"![{p}]({p})")
         L.append("")
+    L += perfreport.sections(out, summary, runs)
     L.append("## Machine and tools\n")
     L.append("```json")
     L.append(json.dumps({k: mach.get(k) for k in ("nproc", "cpu", "memory", "kernel", "os", "versions", "flags", "toxics")},

@@ -47,6 +47,7 @@ class Env:
     randread_seconds: float = 10.0
     fio_size: int = 256 * MiB
     direct_endpoint: object = None  # S3 without the proxy (setup); defaults to ctx.endpoint
+    server_pids: list = field(default_factory=list)  # MinIO and toxiproxy: their CPU per step
     _src: dict = field(default_factory=dict)
     _proxied_client: object = None
 
@@ -70,11 +71,16 @@ class Meter:
         self.m0 = env.counters()
         self.c0 = self_cpu_seconds() + children_cpu_seconds()
         self.d0 = proc_cpu_seconds(pid)
+        self.s0 = self._server_cpu()
         self.t0 = time.perf_counter()
         self.polls = 0
 
+    def _server_cpu(self) -> float | None:
+        return sum(proc_cpu_seconds(p) or 0.0 for p in self.env.server_pids) if self.env.server_pids else None
+
     def stop(self) -> dict:
         seconds = time.perf_counter() - self.t0
+        s1 = self._server_cpu()
         d1 = proc_cpu_seconds(self.pid)
         c1 = self_cpu_seconds() + children_cpu_seconds()
         s3 = metrics_delta(self.m0, self.env.counters())
@@ -86,6 +92,7 @@ class Meter:
             "seconds": seconds,
             "client_cpu_s": round(c1 - self.c0, 3),
             "daemon_cpu_s": None if self.d0 is None or d1 is None else round(d1 - self.d0, 3),
+            "server_cpu_s": None if s1 is None or self.s0 is None else round(s1 - self.s0, 3),
             "daemon_peak_rss_bytes": peak_rss_bytes(self.pid),
             "s3": {k: int(v) for k, v in s3.items()},
         }

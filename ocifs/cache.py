@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 import cachetools
 import trio
 
+from ocifs import trace
+
 log = logging.getLogger(__name__)
 
 ChunkKey = tuple[str, str, int]  # (object key, etag, chunk index)
@@ -61,6 +63,9 @@ class ChunkCache:
         while self._lru and self._lru.currsize + self.pending_bytes + nbytes > self.max_bytes:
             self._lru.popitem()
 
+    def is_present(self, ck: ChunkKey) -> bool:
+        return ck in self._lru
+
     def is_present_or_pending(self, ck: ChunkKey) -> bool:
         return ck in self._lru or ck in self._pending
 
@@ -91,7 +96,9 @@ class ChunkCache:
         self._make_room(end - start)
         self.pending_bytes += end - start
         try:
+            trace.event("get_start", chunk=ck[2])
             data = await fetch(start, end)
+            trace.event("get_done", chunk=ck[2])
             pending.data = data
         except Exception as exc:
             pending.error = exc

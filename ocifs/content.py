@@ -16,17 +16,20 @@ inside one FUSE operation. Chunks are the unit of bookkeeping: ``local`` holds t
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import errno
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import trio
 
-from ocifs import errors
+from ocifs import errors, trace
 
 
 class Version(NamedTuple):
@@ -61,7 +64,11 @@ class Staging:
         staging file unlabelled, never the write refused)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            tmp.write_text(what + "\n")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a key name is private too
+            try:
+                os.write(fd, (what + "\n").encode())
+            finally:
+                os.close(fd)
             tmp.replace(self.path.with_name(self.path.name + LABEL_SUFFIX))
         except OSError:
             tmp.unlink(missing_ok=True)
@@ -100,6 +107,113 @@ class Staging:
             self.path.with_name(self.path.name + LABEL_SUFFIX).unlink(missing_ok=True)
 
 
+class StagedRange:
+    """Bytes [start, end) of a staging file, read when a request slot is free.
+
+    Calling it returns the bytes (a :data:`ocifs.store.BodySource` for any ObjectStore); the
+    native data plane sends it from ``fd`` with ``sendfile`` instead (no copy in the process).
+    """
+
+    __slots__ = ("content", "fd", "start", "end")
+
+    def __init__(self, content: "Content", start: int, end: int) -> None:
+        self.content, self.fd, self.start, self.end = content, content.staging.fd, start, end
+
+    def __call__(self) -> bytes:
+        return self.content.pread_local(self.start, self.end)
+
+
+class StreamingHash:
+    """sha256 of a staging file's bytes [0, n) as a writer appends them, computed off the
+    FUSE thread.
+
+    The FUSE thread only says how far the file is written (:meth:`advance`); every
+    ``HASH_BATCH`` bytes a job on one worker thread reads that range back from the staging file
+    and hashes it (both release the GIL). Measured (py-spy, 1 GiB `oras push`, 32 KiB writes):
+    hashing inside the write handler was 38 us of the ~125 us each write cost the FUSE thread.
+    Jobs of all files share one worker, first in first out, so each hash is fed in order. A
+    byte rewritten after it was queued makes the caller drop the whole hash (as before), so a
+    job that reads newer bytes does no harm.
+    """
+
+    # One job per this many bytes: few GIL hand-overs per job, at most a batch left at close.
+    HASH_BATCH = 8 * 1024 * 1024
+    # Jobs queued but not done beyond this many and the writer waits (bounds the lag).
+    MAX_JOBS = 8
+    _pool: concurrent.futures.ThreadPoolExecutor | None = None
+    _pool_lock = threading.Lock()
+    _buffers = threading.local()
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._sha = hashlib.sha256()
+        self._queued = 0  # bytes handed to jobs
+        self._written = 0  # bytes the writer has appended
+        self._jobs: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+        self.broken = False  # a job could not read its range: no digest
+
+    @classmethod
+    def _executor(cls) -> concurrent.futures.ThreadPoolExecutor:
+        with cls._pool_lock:
+            if cls._pool is None:
+                cls._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="ocifs-hash", initializer=trace.name_os_thread, initargs=("ocifs-hash",)
+                )
+            return cls._pool
+
+    def advance(self, end: int) -> None:
+        """The writer appended up to ``end``: queue full batches."""
+        self._written = end
+        if end - self._queued >= self.HASH_BATCH:
+            self._queue(end - (end - self._queued) % self.HASH_BATCH)
+            while len(self._jobs) > self.MAX_JOBS:
+                self._jobs.popleft().result()
+
+    def _queue(self, end: int) -> None:
+        start, self._queued = self._queued, end
+        fd = os.dup(self._fd)  # the staging file may be closed before the job runs
+        self._jobs.append(self._executor().submit(self._job, fd, start, end))
+
+    def _job(self, fd: int, start: int, end: int) -> None:
+        buf = getattr(self._buffers, "buf", None)
+        if buf is None:  # one buffer per worker thread, reused by every job
+            buf = self._buffers.buf = bytearray(self.HASH_BATCH)
+        self._hash(fd, start, end, buf)
+
+    def _hash(self, fd: int, start: int, end: int, buf: bytearray) -> None:
+        view = memoryview(buf)
+        try:
+            pos = start
+            while pos < end and not self.broken:
+                n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+                if n <= 0:
+                    self.broken = True
+                    break
+                self._sha.update(view[:n])
+                pos += n
+        except OSError:
+            self.broken = True
+        finally:
+            os.close(fd)
+
+    @property
+    def busy(self) -> bool:
+        """Whether :meth:`hexdigest` would wait for a job (then call it off the FUSE thread)."""
+        return bool(self._jobs) or self._written - self._queued > self.INLINE
+
+    # A tail this small is hashed by the caller at close: a job would cost a thread hand-over.
+    INLINE = 1024 * 1024
+
+    def hexdigest(self) -> str | None:
+        """The digest of everything advanced so far (waits for the jobs: at most a batch or two)."""
+        while self._jobs:
+            self._jobs.popleft().result()
+        if self._queued < self._written:
+            start, self._queued = self._queued, self._written
+            self._hash(os.dup(self._fd), start, self._written, bytearray(min(self._written - start, self.INLINE)))
+        return None if self.broken else self._sha.hexdigest()
+
+
 class Content:
     """The pending bytes of a file: ``base`` where untouched, staging everywhere else."""
 
@@ -113,7 +227,7 @@ class Content:
         self.modified: set[int] = set()
         # sha256 of bytes [0, _hashed), fed by forward writes of a file built from scratch;
         # anything else (a base, a rewrite behind the hash) makes it unknown (None).
-        self._sha: "hashlib._Hash | None" = hashlib.sha256() if self.base_extent == 0 else None
+        self._sha: StreamingHash | None = StreamingHash(self.staging.fd) if self.base_extent == 0 else None
         self._hashed = 0
 
     # --- queries ----------------------------------------------------------------------------
@@ -136,7 +250,10 @@ class Content:
     def sha256(self) -> str | None:
         """The content's sha256 when the streaming hash covers all of it."""
         if self._sha is not None and self._hashed == self.size:
-            return self._sha.hexdigest()
+            digest = self._sha.hexdigest()
+            if digest is None:
+                self._sha = None
+            return digest
         return None
 
     # --- writes -----------------------------------------------------------------------------
@@ -152,8 +269,8 @@ class Content:
             self.size = end
         if self._sha is not None:
             if offset == self._hashed:
-                self._sha.update(data)
                 self._hashed = end
+                self._sha.advance(end)
             elif offset < self._hashed:
                 self._sha = None
         return True
@@ -210,6 +327,11 @@ class Content:
             pos = stop
         return out[0] if len(out) == 1 and isinstance(out[0], bytes) else b"".join(out)
 
+    def staged(self, start: int, end: int) -> StagedRange:
+        """Bytes [start, end) as a part body (the caller made them local)."""
+        assert not self.needs_base(start, end), "staged range of bytes still in the base"
+        return StagedRange(self, start, end)
+
     def pread_local(self, start: int, end: int) -> bytes:
         """Bytes [start, end) straight from staging (the caller made them local)."""
         assert not self.needs_base(start, end), "pread_local of bytes still in the base"
@@ -217,8 +339,11 @@ class Content:
 
     async def digest(self, alg: str, fetch: FetchChunk) -> str:
         """Hex digest of the whole content (the streaming sha256 when it covers it)."""
-        if alg == "sha256" and self.sha256 is not None:
-            return self.sha256
+        if alg == "sha256" and self._sha is not None and self._hashed == self.size:
+            if self._sha.busy:  # wait for the hashing jobs off the FUSE thread
+                await trio.to_thread.run_sync(self._sha.hexdigest)
+            if self.sha256 is not None:
+                return self.sha256
         h = hashlib.new(alg)
         step = 8 << 20
         for pos in range(0, self.size, step):

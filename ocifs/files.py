@@ -147,13 +147,20 @@ class Files:
         """Publish ``s`` (close: ``final``; fsync: not). Errors reach the caller."""
         node = s.node
         assert isinstance(node, Node)
-        async with node.lock:
+        # index.json: all closes of one index.json on this mount share one publish (group
+        # commit, ocifs.publish), whose task takes the node lock, and keeps the other writers'
+        # bases right before it replaces the object.
+        group = is_index(node.path)
+        async with contextlib.nullcontext() if group else node.lock:
             if s.state is not State.DIRTY:
                 return  # published meanwhile (another descriptor of the same process)
             s.to(State.PUBLISHING)
             try:
-                await self._keep_bases(node, skip=s)
-                await self.publisher.commit(node, s)
+                if group:
+                    await self.publisher.commit_index(node, s, self._nursery(), self._keep_bases)
+                else:
+                    await self._keep_bases(node, skip=s)
+                    await self.publisher.commit(node, s)
             except BaseException:
                 # A failed close is final: these bytes are never published. A failed fsync
                 # can be retried (by another fsync or the close).
@@ -185,14 +192,15 @@ class Files:
         if writable:
             self.check_writable()
         session: WriteSession | None = None
+        seen: Version | None = None
         if writable:
             session = await self._session(node, owner, truncate=bool(flags & os.O_TRUNC))
         elif self.own_session(node, owner) is None:
             await self.ns.revalidate(node, need_meta=False)
-            if is_index(node.path):
-                await self.publisher.read_index(node, owner)
+            if is_index(node.path):  # it reads exactly the version recorded as its merge base
+                seen = await self.publisher.read_index(node, owner)
         verify = node.path if is_blob_path(node.path) and not node.sessions else None
-        return self._new_handle(node, owner, session, self.reader.new_state(node.version, verify))
+        return self._new_handle(node, owner, session, self.reader.new_state(seen or node.version, verify))
 
     def _new_handle(self, node: Node, owner: Owner, session: WriteSession | None, read: ReadState) -> Handle:
         h = Handle(self._next_fh, node, owner, session is not None, session, read)

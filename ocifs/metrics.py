@@ -26,6 +26,8 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "bytes": ("ocifs_s3_bytes_total", "counter", "bytes of object data moved to/from S3"),
     "retries": ("ocifs_s3_retries_total", "counter", "S3 attempts botocore retried"),
     "index.merges": ("ocifs_index_merges_total", "counter", "index.json publishes that lost a race and were merged"),
+    "index.publishes": ("ocifs_index_publishes_total", "counter", "index.json versions published (one PUT holds the rewrites of every close waiting on this mount)"),
+    "index.rewrites": ("ocifs_index_rewrites_total", "counter", "index.json rewrites (closes, fsyncs, renames) published"),
     "fuse.reads": ("ocifs_fuse_reads_total", "counter", "FUSE read requests"),
     "fuse.writes": ("ocifs_fuse_writes_total", "counter", "FUSE write requests"),
     "cache.hits": ("ocifs_cache_hits_total", "counter", "chunk reads served from memory (or from a GET already in flight)"),

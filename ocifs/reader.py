@@ -21,7 +21,7 @@ import logging
 
 import trio
 
-from ocifs import errors
+from ocifs import errors, trace
 from ocifs.cache import ChunkCache, Fetch
 from ocifs.config import Config
 from ocifs.content import Content, FetchChunk, Version
@@ -136,7 +136,12 @@ class Reader:
                 self.group.start_soon(self._prefetch, v, idx)
         out = []
         for idx in range(off // cs, (end - 1) // cs + 1):
-            data = await self.chunk(v, idx)
+            if trace.on() and not self.cache.is_present((v.key, v.etag, idx)):
+                t0 = trio.current_time()
+                data = await self.chunk(v, idx)
+                trace.event("reader_wait", chunk=idx, seconds=f"{trio.current_time() - t0:.4f}")
+            else:
+                data = await self.chunk(v, idx)
             base = idx * cs
             # A memoryview slice: pyfuse3 replies from the buffer, no copy of the bytes.
             out.append(memoryview(data)[max(off, base) - base : end - base])

@@ -6,6 +6,11 @@ on its own asyncio event loop in a dedicated thread, and trio tasks await its co
 request finishes. No thread is blocked per request, and cancelling the trio task cancels the
 asyncio task. Why this bridge and not trio-asyncio: see README, "Design".
 
+The bulk requests (UploadPart, ranged GetObject) go through the native data plane
+(:mod:`ocifs.dataplane`: worker threads, ``sendfile`` and ``readinto``, off the GIL) when it
+answers like aiobotocore at mount time; ``OCIFS_DATA_PLANE=aiobotocore`` keeps them on
+aiobotocore too.
+
 It implements :class:`ocifs.store.ObjectStore`. Everything here raises :mod:`ocifs.store` errors
 (what S3 answered, no errno), never botocore ones, and counts every request by type in
 :attr:`S3.stats` (what tests and benchmarks read).
@@ -18,8 +23,12 @@ import collections
 import concurrent.futures
 import datetime as dt
 import logging
+import os
 import random
 import threading
+import urllib.parse
+import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -36,28 +45,21 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from ocifs import errors, store
+from ocifs import errors, store, trace
 from ocifs.config import Config
+from ocifs.dataplane import DENIED_CODES, BodyError, Endpoint, HttpDataPlane, error_for
 from ocifs.store import ListPage, ObjectInfo, PartInfo, UploadInfo
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# S3 error codes that mean "no such thing" / "not allowed" / "changed under you".
-_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
-_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
-_PRECONDITION = {"412", "PreconditionFailed"}
 BODY_RETRIES = 4  # attempts at a ranged GET whose body broke off
 ATTEMPTS = 5  # botocore's attempts at one request (standard retry mode)
 MAX_BACKOFF = 20.0  # seconds: botocore's cap on the wait before an attempt
-# "Too many requests": AWS says 503 SlowDown (botocore retries it), MinIO at
-# MINIO_API_REQUESTS_MAX says 429 TooManyRequests (botocore's standard mode does not).
-_THROTTLED = {"SlowDown", "TooManyRequests"}
-
-
-class BodyError(store.BadResponse):
-    """A response body that broke off or had the wrong length: worth another try."""
+# Seconds between refreshes of the credentials the data plane signs with (botocore refreshes
+# temporary credentials 15 minutes before they expire, so a minute is early enough).
+CREDENTIALS_REFRESH = 60.0
 
 
 class AsyncioThread:
@@ -69,6 +71,7 @@ class AsyncioThread:
         self._thread.start()
 
     def _run(self) -> None:
+        trace.name_os_thread("ocifs-s3")
         asyncio.set_event_loop(self.loop)
         self.loop.set_exception_handler(_unretrieved)
         self.loop.run_forever()
@@ -147,23 +150,7 @@ def translate(exc: BaseException, what: str) -> store.StoreError:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         msg = exc.response.get("Error", {}).get("Message", "") or code
-        if code == "NoSuchUpload":
-            return store.NoSuchUpload(f"{what}: no such multipart upload")
-        if code == "NoSuchBucket":
-            return store.NoSuchBucket(f"{what}: no such bucket")
-        if code in _NOT_FOUND or status == "404":
-            return store.NotFound(f"{what}: {msg}")
-        if code in _DENIED or status == "403":
-            return store.Denied(f"{what}: access denied ({code})")
-        if code in _PRECONDITION or status == "412" or code == "ConditionalRequestConflict":
-            return store.PreconditionFailed(f"{what}: precondition failed ({code})")
-        if code in _THROTTLED or status == "429":
-            return store.Unavailable(f"{what}: {code or status}: still refused after {ATTEMPTS} attempts: {msg}")
-        if code == "NotImplemented" or status == "501":
-            return store.Unsupported(f"{what}: not implemented by this endpoint ({code})")
-        if status.startswith("4"):
-            return store.Rejected(f"{what}: {code or status}: {msg}")
-        return store.Unavailable(f"{what}: {code or status}: {msg}")
+        return error_for(what, code, status, msg)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return store.Denied(f"{what}: no usable credentials ({exc})")
     if isinstance(exc, ParamValidationError):  # refused before it was sent (bad key, metadata)
@@ -176,13 +163,20 @@ def translate(exc: BaseException, what: str) -> store.StoreError:
 class S3:
     """An aiobotocore client for one bucket, usable from trio."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, data_plane: str | None = None) -> None:
         self.cfg = cfg
         self.bucket = cfg.bucket
         self.stats: collections.Counter[str] = collections.Counter()
         self._aio = AsyncioThread()
         self._client: Any = None
         self._exit_stack: Any = None
+        # "auto": the native data plane when it passes the mount-time check; "native": it or
+        # fail; "aiobotocore": never.
+        self.data_plane_mode = data_plane or os.environ.get("OCIFS_DATA_PLANE", "auto")
+        self.plane: HttpDataPlane | None = None
+        self._credentials: Any = None  # aiobotocore's (maybe refreshable) credentials
+        self._frozen: tuple[str, str, str | None] | None = None  # what the data plane signs with
+        self._refresher: asyncio.Task[None] | None = None
         self.limiter: trio.CapacityLimiter | None = None
         # Part bodies held in memory at once, mount-wide (each is part_size bytes): bounds the
         # daemon's memory when many files are written at once.
@@ -214,6 +208,27 @@ class S3:
         self._exit_stack = ctx
         self._client = await ctx.__aenter__()
         self._client.meta.events.register("needs-retry.s3", self._needs_retry)
+        self._credentials = await session.get_credentials()
+        if self._credentials is not None and self.data_plane_mode != "aiobotocore":
+            await self._refresh_credentials()
+            self._refresher = asyncio.get_running_loop().create_task(self._keep_credentials_fresh())
+
+    async def _refresh_credentials(self) -> None:
+        fc = await self._credentials.get_frozen_credentials()
+        self._frozen = (fc.access_key, fc.secret_key, fc.token)
+
+    async def _keep_credentials_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(CREDENTIALS_REFRESH)
+            try:
+                await self._refresh_credentials()
+            except Exception as exc:  # the data plane keeps the last ones; its requests say 403
+                log.warning("could not refresh credentials for the data plane: %s", exc)
+
+    def _signing_credentials(self) -> tuple[str, str, str | None]:
+        assert self._frozen is not None
+        return self._frozen
+        self._client.meta.events.register("needs-retry.s3", self._needs_retry)
 
     def _needs_retry(self, attempts: int = 0, **kw: Any) -> float | None:
         """botocore asks after every attempt whether to retry. Its own (standard mode) handler
@@ -229,14 +244,64 @@ class S3:
         return None
 
     async def _close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
         if self._exit_stack is not None:
             await self._exit_stack.__aexit__(None, None, None)
             self._exit_stack = None
 
     def open_blocking(self) -> None:
         self._aio.run_blocking(self._open(), timeout=60)
+        if self.data_plane_mode != "aiobotocore":
+            self.plane = self._open_plane()
+
+    def _open_plane(self) -> HttpDataPlane | None:
+        """The native data plane, if it answers one probe exactly as aiobotocore does (same
+        endpoint, region and credentials); else None (said once)."""
+        required = self.data_plane_mode == "native"
+        url = self.cfg.endpoint_url or self._client.meta.endpoint_url
+        why = ""
+        if self._frozen is None:
+            why = "no credentials to sign with"
+        elif urllib.request.getproxies() and not urllib.request.proxy_bypass(urllib.parse.urlsplit(url).hostname or ""):
+            why = "an HTTP(S) proxy is configured (botocore's job)"
+        if why:
+            if required:
+                raise errors.OcifsError(f"data plane native: {why}")
+            log.info("bulk transfers use aiobotocore (%s)", why)
+            return None
+        plane = HttpDataPlane(
+            Endpoint.for_bucket(url, self.bucket, path_style=self.cfg.endpoint_url is not None),
+            self._client.meta.region_name or "us-east-1",
+            self._signing_credentials,
+            self.cfg.concurrency,
+            ca_file=os.environ.get("AWS_CA_BUNDLE"),
+        )
+        probe = f"{self.cfg.prefix}.ocifs-probe-{uuid.uuid4().hex}"
+        ours = plane.probe_blocking(probe)
+        theirs = self._aio.run_blocking(self._probe(probe), timeout=60)
+        if type(ours) is type(theirs):
+            log.info("bulk transfers use the native data plane")
+            return plane
+        plane.close()
+        why = f"a GET of a missing key answered {type(ours).__name__} ({ours}), aiobotocore {type(theirs).__name__}"
+        if required:
+            raise errors.OcifsError(f"data plane native: {why}")
+        log.warning("bulk transfers use aiobotocore: the native data plane does not work here: %s", why)
+        return None
+
+    async def _probe(self, key: str) -> BaseException | None:
+        try:
+            await self._client.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-0")
+        except Exception as exc:
+            return translate(exc, "GetObject")
+        return None
 
     def close_blocking(self) -> None:
+        if self.plane is not None:
+            self.plane.close()
+            self.plane = None
         try:
             self._aio.run_blocking(self._close(), timeout=30)
         except Exception:  # closing a broken session must not mask the real error
@@ -271,7 +336,7 @@ class S3:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
                 raise errors.BucketError(f"bucket {self.bucket!r} does not exist") from None
-            if code in _DENIED:
+            if code in DENIED_CODES:
                 raise errors.BucketError(
                     f"access to bucket {self.bucket!r} denied ({code}): check the credentials"
                 ) from None
@@ -291,17 +356,25 @@ class S3:
 
     # --- the trio-facing call -----------------------------------------------------------------
     async def call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run one S3 request under the mount-wide concurrency limit; count it."""
+        """Run one aiobotocore request under the mount-wide concurrency limit; count it."""
+        return await self._counted(op, lambda: self._aio.run_in_trio(self._guard(op, fn)))
+
+    async def _counted(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run one request (either plane) under the mount-wide concurrency limit; count it."""
         assert self.limiter is not None, "S3.limiter is set when the filesystem starts"
         async with self.limiter:
             self.stats[f"requests.{op}"] += 1
+            t0 = trace.on() and trio.current_time()
             try:
-                return await self._aio.run_in_trio(self._guard(op, fn))
+                return await fn()
             except (store.NotFound, store.PreconditionFailed):
                 raise  # answers, not failures
             except store.StoreError:
                 self.stats[f"errors.{op}"] += 1
                 raise
+            finally:
+                if t0:
+                    trace.event("s3", op=op, seconds=f"{trio.current_time() - t0:.4f}")
 
     async def _guard(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -401,9 +474,15 @@ class S3:
                 raise BodyError(f"GetObject {key} [{start},{end}): got {pos} bytes, expected {want}")
             return bytes(buf) if want <= 65536 else buf  # type: ignore[return-value]
 
+        plane = self.plane
+
+        async def native() -> bytes:
+            assert plane is not None
+            return await self._guard("GetObject", lambda: plane.get_range(key, start, end, etag))
+
         for attempt in range(BODY_RETRIES):
             try:
-                data = await self.call("GetObject", go)
+                data = await (self._counted("GetObject", native) if plane is not None else self.call("GetObject", go))
                 break
             except BodyError as exc:
                 if attempt == BODY_RETRIES - 1:
@@ -482,7 +561,9 @@ class S3:
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: store.BodySource) -> str:
         """Upload one part. ``body`` may be a function that reads it: it is then called only
-        once a request slot is free, so waiting parts hold no memory."""
+        once a request slot is free, so waiting parts hold no memory. A
+        :class:`~ocifs.dataplane.StagedRange` is read by the native data plane straight from
+        its file."""
         size = 0
 
         async def go(data: bytes) -> str:
@@ -492,14 +573,21 @@ class S3:
             return r["ETag"]
 
         assert self.limiter is not None
+        plane = self.plane
         async with self.part_memory, self.limiter:
-            data = body() if callable(body) else body
-            if not isinstance(data, bytes):
-                data = bytes(data)
-            size = len(data)
+            trace.event("part_slot", part=number)
             self.stats["requests.UploadPart"] += 1
             try:
-                etag = await self._aio.run_in_trio(self._guard("UploadPart", lambda: go(data)))
+                if plane is not None:
+                    staged = hasattr(body, "fd")
+                    part = body if staged else _body(body)
+                    etag, size = await self._guard("UploadPart", lambda: plane.upload_part(key, upload_id, number, part))  # type: ignore[arg-type]
+                else:
+                    data = _body(body)
+                    if not isinstance(data, bytes):
+                        data = bytes(data)
+                    size = len(data)
+                    etag = await self._aio.run_in_trio(self._guard("UploadPart", lambda: go(data)))
             except store.StoreError:
                 self.stats["errors.UploadPart"] += 1
                 raise
@@ -571,3 +659,7 @@ class S3:
             await self._client.delete_object(Bucket=self.bucket, Key=key)
 
         await self.call("DeleteObject", go)
+
+
+def _body(body: store.BodySource) -> store.Body:
+    return body() if callable(body) else body

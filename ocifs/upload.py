@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import trio
 
-from ocifs import errors, store
+from ocifs import errors, store, trace
 from ocifs.content import Content, FetchChunk
 from ocifs.store import ObjectStore
 
@@ -215,9 +215,13 @@ class Upload:
 
     # --- what the writer did ----------------------------------------------------------------
     def note_write(self, offset: int, end: int) -> None:
-        for n, (s, e) in self._dispatched.items():
-            if s < end and offset < e:
-                self._stale.add(n)
+        # Every part dispatched and not yet stale ends at or below the frontier, so a write at
+        # or past it touches none of them: forward writes skip the scan (it was O(parts) per
+        # write, 1,280 parts deep at 10 GiB).
+        if offset < self._frontier:
+            for n, (s, e) in self._dispatched.items():
+                if s < end and offset < e:
+                    self._stale.add(n)
         if offset <= self._frontier < end:
             self._frontier = end
 
@@ -248,7 +252,12 @@ class Upload:
         """Start every ready part (the writer waits here when too many are in flight)."""
         async with self._pump_lock:
             while self.ready():
-                await self._inflight.acquire()
+                if trace.on() and self._inflight.value == 0:
+                    t0 = trio.current_time()
+                    await self._inflight.acquire()
+                    trace.event("writer_wait", part=self.layout.first + self._next, seconds=f"{trio.current_time() - t0:.4f}")
+                else:
+                    await self._inflight.acquire()
                 # The upload itself is created by the first part task: a write never waits
                 # on S3 (only on backpressure); a failure there is the commit's to report.
                 self._target = (key, dict(meta))
@@ -261,7 +270,9 @@ class Upload:
             if self.upload_id is not None:
                 return
             gen = self._gen
+            trace.event("create_start", key=key)
             upload_id = await self.s3.create_multipart(key, meta)
+            trace.event("create_done", key=key)
             if gen != self._gen:  # aborted while it was being created: nobody's upload
                 with trio.CancelScope(shield=True), trio.move_on_after(30):
                     await self.s3.abort_multipart(key, upload_id)
@@ -281,11 +292,14 @@ class Upload:
 
     async def _part_task(self, number: int, start: int, end: int, acquired: bool, copy: bool, commit: bool) -> None:
         gen = self._gen
+        trace.event("part_queued", part=number, start=start, end=end, commit=int(commit))
         try:
             if not acquired:
                 await self._inflight.acquire()
             try:
+                trace.event("part_start", part=number)
                 etag = await self._send(number, start, end, copy)
+                trace.event("part_done", part=number)
             finally:
                 self._inflight.release()
             if gen == self._gen:
@@ -317,7 +331,7 @@ class Upload:
         if c.needs_base(start, end):
             await c.materialize(start, end, self.fetch)
         # Read the body only once a request slot is free (bounded memory with many writers).
-        return await self.s3.upload_part(self.key, self.upload_id, number, lambda: c.pread_local(start, end))
+        return await self.s3.upload_part(self.key, self.upload_id, number, c.staged(start, end))
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -326,12 +340,15 @@ class Upload:
     async def finish(self, key: str, meta: dict[str, str], fix_meta: bool = True) -> str:
         """Publish the content at ``key``; returns the ETag. On failure nothing is published
         and the upload is aborted (the content is kept, so the commit can be retried)."""
+        trace.event("commit_start", key=key, size=self.content.size, running=self._running, sent=len(self._sent))
         await self.wait_idle()
+        trace.event("commit_idle", key=key)
         try:
             if self.error is not None:
                 raise self.error
             size = self.content.size
-            if size <= self.part_size:  # one PUT (an upload begun before a truncate is dropped)
+            if size <= self.part_size and not self._streamed_whole(key, size):
+                # One PUT (an upload begun before a truncate is dropped).
                 if self.upload_id is not None:
                     await self._abort()
                 return await self._put(key, meta, size)
@@ -348,6 +365,15 @@ class Upload:
             await self._abort()
             self._reset()
             raise
+
+    def _streamed_whole(self, key: str, size: int) -> bool:
+        """Whether the upload already holds all of a one-part content as its first part (a
+        file of exactly one part size: the part streamed when the writer reached its end).
+        Completing it costs one request; aborting it and PUTting the same bytes again cost a
+        second upload of the whole file (an 8 MiB `oras push` spent 0.30 s of 1.1 s on it)."""
+        sent = self._sent.get(self.layout.first)
+        return (self.upload_id is not None and self.key == key and self.origin == 0 and sent is not None
+                and (sent.start, sent.end) == (0, size) and self.layout.first not in self._stale)
 
     def rebased(self) -> None:
         """The content was published and rebased on it: lay out the next upload."""
@@ -389,7 +415,9 @@ class Upload:
             raise self.error
         numbers = list(range(1, len(prefix) + 1)) + [self.layout.first + i for i in range(count)]
         assert self.upload_id is not None
+        trace.event("complete_start", key=key, parts=len(numbers), sent_at_commit=len(todo))
         etag = await self.s3.complete_multipart(key, self.upload_id, [(n, self._sent[n].etag) for n in numbers])
+        trace.event("complete_done", key=key)
         self.upload_id = None  # completed: nothing left to abort
         return etag
 

@@ -157,25 +157,47 @@ class Rig:
 def run(test: Callable[[Rig], Awaitable[Any]], tmp: Path, s3: FakeS3 | None = None, **cfg: Any) -> None:
     """Run ``test(rig)`` under trio with a fresh mount of a FakeS3 (settings from ``cfg``)."""
 
+    async def one(rigs: list[Rig]) -> None:
+        await test(rigs[0])
+
+    run_mounts(one, tmp, 1, s3, **cfg)
+
+
+def run_mounts(
+    test: Callable[[list[Rig]], Awaitable[Any]],
+    tmp: Path,
+    mounts: int,
+    s3: FakeS3 | None = None,
+    clock: trio.abc.Clock | None = None,
+    **cfg: Any,
+) -> None:
+    """Run ``test(rigs)`` under trio with ``mounts`` fresh mounts of one FakeS3, as many hosts
+    mounting one bucket would (each its own limiter, cache dir and state). ``clock``: e.g. a
+    ``trio.testing.MockClock(autojump_threshold=0)``, so injected S3 latency costs no real time."""
+
     finished: list[bool] = []
 
     async def main() -> None:
         fake = s3 or FakeS3()
-        fake.limiter = trio.CapacityLimiter(16)
-        settings: dict[str, Any] = dict(
-            bucket="b", cache_dir=tmp / "cache", chunk_size=MiB, part_size=5 * MiB, cache_size=64 * MiB, op_timeout=30
-        )
-        settings.update(cfg)
-        config = Config(**settings)
-        config.staging_dir.mkdir(parents=True, exist_ok=True)
-        ops = Operations(config, fake)  # type: ignore[arg-type]
+        fake.limiter = trio.CapacityLimiter(16 * mounts)
+        rigs = []
         async with trio.open_nursery() as nursery:
-            await ops.start(nursery)
-            await test(Rig(ops, fake, nursery))
+            for i in range(mounts):
+                settings: dict[str, Any] = dict(
+                    bucket="b", cache_dir=tmp / ("cache" if mounts == 1 else f"cache{i}"), chunk_size=MiB,
+                    part_size=5 * MiB, cache_size=64 * MiB, op_timeout=30
+                )
+                settings.update(cfg)
+                config = Config(**settings)
+                config.staging_dir.mkdir(parents=True, exist_ok=True)
+                ops = Operations(config, fake)  # type: ignore[arg-type]
+                await ops.start(nursery)
+                rigs.append(Rig(ops, fake, nursery))
+            await test(rigs)
             finished.append(True)
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    trio.run(main, clock=clock)
     # A stray trio.Cancelled unwinds the test body and trio.run returns quietly: that is a
     # failure (it is how a timed-out read used to end the FUSE loop), never a pass.
     assert finished, "the test body did not run to its end (a stray cancellation unwound it)"

@@ -1,8 +1,9 @@
 """The two backends of the contract suite, and a runner for its ``async def`` tests.
 
-Every test in this directory takes the ``backend`` fixture and runs twice: against
-:class:`fakes3.FakeS3` and against the real client :class:`ocifs.s3.S3` on the session MinIO
-(tests/conftest.py), each in a fresh bucket. A behaviour the filesystem relies on is asserted
+Every test in this directory takes the ``backend`` fixture and runs three times: against
+:class:`fakes3.FakeS3`, and against the real client :class:`ocifs.s3.S3` on the session MinIO
+(tests/conftest.py) with each of its data planes (aiobotocore only, and the native one for
+UploadPart and ranged GETs), each in a fresh bucket. A behaviour the filesystem relies on is asserted
 once, here, so the fake and real S3 cannot drift apart.
 
 Tests are ``async def`` and run under ``trio.run`` (the hook below; no pytest-trio needed),
@@ -39,17 +40,21 @@ class Backend:
         return self.prefix + rel
 
 
-@pytest.fixture(params=["fake", "minio"])
+PLANES = {"minio": "aiobotocore", "minio-native": "native"}
+
+
+@pytest.fixture(params=["fake", *PLANES])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     if request.param == "fake":
         yield Backend(FakeS3())
         return
-    assert request.param == "minio", request.param
     bucket: Bucket = request.getfixturevalue("bucket")
     for name, value in bucket.s3.env().items():  # the client finds the keys where users put them
         monkeypatch.setenv(name, value)
-    s3 = S3(Config(bucket=bucket.name, prefix=bucket.prefix, endpoint_url=bucket.s3.endpoint, region=REGION))
+    config = Config(bucket=bucket.name, prefix=bucket.prefix, endpoint_url=bucket.s3.endpoint, region=REGION)
+    s3 = S3(config, data_plane=PLANES[request.param])
     s3.open_blocking()
+    assert (s3.plane is not None) == (request.param == "minio-native")
     try:
         yield Backend(s3, bucket.prefix)
     finally:

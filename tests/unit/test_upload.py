@@ -105,6 +105,33 @@ def test_small_file_is_one_put(tmp_path):
     trio.run(rig(go), tmp_path)
 
 
+def test_a_file_of_exactly_one_part_completes_the_part_it_streamed(tmp_path):
+    """The part went out when the writer reached its end; close completes it instead of
+    aborting it and PUTting the same bytes a second time."""
+    body = data(PART)
+
+    async def go(r: Rig):
+        for off in range(0, len(body), MiB):
+            await r.write(off, body[off : off + MiB])
+        assert await r.commit() == body
+        assert [c.op for c in r.s3.calls] == ["CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"]
+
+    trio.run(rig(go), tmp_path)
+
+
+def test_a_one_part_file_truncated_after_its_part_went_out_is_one_put(tmp_path):
+    body = data(PART)
+
+    async def go(r: Rig):
+        await r.write(0, body)
+        await r.upload.wait_idle()
+        await r.session.truncate(PART - 10)
+        assert await r.commit() == body[: PART - 10]
+        assert [c.op for c in r.s3.calls][-2:] == ["AbortMultipartUpload", "PutObject"]
+
+    trio.run(rig(go), tmp_path)
+
+
 def test_rewriting_a_sent_part_sends_it_again(tmp_path):
     body = bytearray(data(2 * PART + 10))
 
