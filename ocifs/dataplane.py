@@ -53,6 +53,7 @@ T = TypeVar("T")
 
 READ_TIMEOUT = 60.0  # seconds without progress before a request fails (aiobotocore's read_timeout)
 CONNECT_TIMEOUT = 10.0
+PROBE_TIMEOUT = 20.0  # the mount-time probe: no answer by then and bulk transfers stay on aiobotocore
 ATTEMPTS = 5  # as botocore's standard retry mode: 5xx, throttling, broken connections
 BACKOFF = (0.05, 2.0)  # first and longest wait between attempts (full jitter)
 
@@ -407,7 +408,7 @@ class HttpDataPlane:
         """GET one byte of ``key`` outside trio (mount time); the error S3 answered, or None."""
         try:
             answer = self._pool.submit(self._attempts, _Job(), "GetObject", "GET", self.endpoint.path(key), {},
-                                       {"range": "bytes=0-0"}, None, None).result(READ_TIMEOUT * 2)
+                                       {"range": "bytes=0-0"}, None, None).result(PROBE_TIMEOUT)
         except store.StoreError as exc:
             return exc
         except Exception as exc:

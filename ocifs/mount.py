@@ -101,6 +101,7 @@ def run(cfg: Config, mountpoint: Path, ready_fd: int | None = None) -> None:
     try:
         s3.open_blocking()
         s3.check_bucket_blocking()
+        s3.open_data_plane_blocking()  # after the bucket answered: its probe then is quick
         prepare_cache_dir(cfg)
         # gc: keeps for condemned blobs on lookup and on publish (a read-only mount has no
         # clients that could reuse one). slack: how far Node.fetched may lag its HEAD/LIST.

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class ReadState:
     """How one open handle reads the committed version it was opened on."""
 
-    __slots__ = ("pin", "readahead", "returned", "verify", "verify_pos", "corrupt", "digest", "disk", "disk_checked")
+    __slots__ = ("pin", "readahead", "returned", "verify", "verify_pos", "corrupt", "digest", "disk", "disk_checked", "disk_lock")
 
     def __init__(self, pin: Version | None, readahead: ReadAhead) -> None:
         self.pin = pin  # None: nothing committed when opened (a file another process is creating)
@@ -49,6 +49,9 @@ class ReadState:
         self.digest: Digest | None = None  # a blob the disk cache may serve or keep
         self.disk: CachedBlob | None = None  # the disk cache's copy, when it serves this state
         self.disk_checked = False
+        # The kernel sends several READs of one handle at once (16 MiB read-ahead): the first
+        # looks the blob up on disk, the others wait for its answer instead of going to S3.
+        self.disk_lock = trio.Lock()
 
 
 class Reader:
@@ -156,8 +159,10 @@ class Reader:
         what goes by to the disk cache)."""
         assert self.disk is not None and st.digest is not None
         if not st.disk_checked:
-            st.disk_checked = True
-            st.disk = await self.disk.open(st.digest, v.size)
+            async with st.disk_lock:
+                if not st.disk_checked:
+                    st.disk = await self.disk.open(st.digest, v.size)
+                    st.disk_checked = True
         if st.disk is None:
             if off == 0:
                 self.disk.begin(st.digest, v, functools.partial(self.chunk, v))

@@ -252,7 +252,12 @@ class S3:
             self._exit_stack = None
 
     def open_blocking(self) -> None:
+        """The aiobotocore client: every request goes there until :meth:`open_data_plane_blocking`
+        (the mount calls it once the bucket answered; ls, gc, fsck and doctor never need it)."""
         self._aio.run_blocking(self._open(), timeout=60)
+
+    def open_data_plane_blocking(self) -> None:
+        """Bulk transfers on the native data plane, if it works here (else they stay put)."""
         if self.data_plane_mode != "aiobotocore":
             self.plane = self._open_plane()
 

@@ -54,6 +54,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     config = Config(bucket=bucket.name, prefix=bucket.prefix, endpoint_url=bucket.s3.endpoint, region=REGION)
     s3 = S3(config, data_plane=PLANES[request.param])
     s3.open_blocking()
+    s3.open_data_plane_blocking()
     assert (s3.plane is not None) == (request.param == "minio-native")
     try:
         yield Backend(s3, bucket.prefix)

@@ -113,6 +113,45 @@ def test_reads_at_any_offset_of_a_cached_blob_return_its_bytes(tmp_path, monkeyp
     mount(second, tmp_path, s3, cache)
 
 
+def test_concurrent_reads_of_one_handle_all_wait_for_the_disk_lookup(tmp_path, monkeypatch):
+    """The kernel sends several READs of one handle at once (16 MiB read-ahead): none of them
+    may go to S3 while the first is still looking the blob up on disk."""
+    s3, cache = FakeS3(), tmp_path / "disk"
+    data = body(6 * MiB + 11, 3)
+    path, _ = blob("repo", data)
+    s3.seed(path, data)
+
+    async def first(r: Rig):
+        await r.read_file(path)
+        await unmount(r)
+
+    async def second(r: Rig):
+        slow_open = diskcache.DiskCache.open
+
+        async def open_slowly(self, digest, size):
+            await trio.sleep(0.05)  # the lookup takes a while (a cold disk, a rehash)
+            return await slow_open(self, digest, size)
+
+        monkeypatch.setattr(diskcache.DiskCache, "open", open_slowly)
+        before = gets(r.s3)
+        fh = await r.open(path)
+        got: dict[int, bytes] = {}
+
+        async def read_at(off: int) -> None:
+            got[off] = await r.read(fh, off, MiB)
+
+        async with trio.open_nursery() as n:
+            for off in range(0, len(data), MiB):
+                n.start_soon(read_at, off)
+        await r.close(fh)
+        assert b"".join(got[o] for o in sorted(got)) == data
+        assert gets(r.s3) == before, "a READ went to S3 while the disk lookup was under way"
+        await unmount(r)
+
+    mount(first, tmp_path, s3, cache)
+    mount(second, tmp_path, s3, cache)
+
+
 def test_the_same_blob_in_two_repos_and_two_buckets_is_one_entry(tmp_path):
     cache = tmp_path / "disk"
     data = body(2 * MiB, 3)
