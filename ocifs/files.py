@@ -189,6 +189,10 @@ class Files:
         writable = (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
         if node.is_dir:
             raise errors.IsADirectory(node.path)
+        if node.abandoned:
+            # ESTALE: the kernel looks the name up again (and finds what S3 has), where reading
+            # this inode would show an empty file that exists nowhere.
+            raise errors.Stale(f"{node.path}: this file was never published; look it up again")
         if writable:
             self.check_writable()
         session: WriteSession | None = None

@@ -235,6 +235,8 @@ class Operations(pyfuse3.Operations):
     @fuse_op
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         node = self.ns.get(inode)
+        if node.abandoned and node.opens <= 0:  # (an open descriptor still stats as it was)
+            raise errors.Stale(f"{node.path}: this file was never published; look it up again")
         await self.ns.revalidate(node)
         return self.attrs(node, self._viewer(node, ctx))
 

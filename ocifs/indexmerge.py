@@ -41,7 +41,13 @@ def _parse(data: bytes | None) -> dict[str, Any] | None:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise NotAnIndex(str(exc)) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
+    if not isinstance(doc, dict):
+        raise NotAnIndex("not an image index")
+    if doc.get("manifests") is None:
+        # zot (Go) writes a new repository's index as {"schemaVersion":2,"manifests":null}:
+        # no manifests yet, as an absent list is.
+        doc["manifests"] = []
+    if not isinstance(doc["manifests"], list):
         raise NotAnIndex("not an image index")
     return doc
 
@@ -66,7 +72,7 @@ class _Index:
     __slots__ = ("doc", "entries", "keys")
 
     def __init__(self, doc: dict[str, Any]) -> None:
-        manifests = doc.get("manifests", [])
+        manifests = doc["manifests"]
         self.doc = doc
         self.keys = [_CANONICAL.encode(d) for d in manifests]
         self.entries: dict[str, Any] = {}

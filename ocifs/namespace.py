@@ -109,6 +109,13 @@ class Node:
         return self.version is not None
 
     @property
+    def abandoned(self) -> bool:
+        """Created on this mount, never published, and forgotten (its close failed or it was
+        removed): the kernel may still hold the inode for its name, but the name now means
+        whatever S3 has (another mount may have created the file meanwhile)."""
+        return self.unlinked and not self.committed and not self.sessions
+
+    @property
     def size(self) -> int:
         """Size of the committed version (what processes without a session see)."""
         return self.version.size if self.version is not None else 0

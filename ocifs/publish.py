@@ -114,9 +114,11 @@ class IndexBases:
             self._put(self._by_owner, (owner, key), (seq, etag, content))
 
     def base_for(self, owner: Owner | None, key: str) -> tuple[str, bytes] | None:
-        rec = self._by_owner.get((owner, key)) if owner is not None else None
-        if rec is None:
-            rec = self._by_key.get(key)
+        """What ``owner`` last saw of ``key`` (None: the mount's latest view). A process with
+        no record never read it (it found no index.json and writes a fresh one, or its record
+        was evicted): no base, so its rewrite can add tags but remove none. Taking the mount's
+        view instead would let it delete tags it never saw."""
+        rec = self._by_owner.get((owner, key)) if owner is not None else self._by_key.get(key)
         return (rec[1], rec[2]) if rec is not None else None
 
 
@@ -526,7 +528,7 @@ class Publisher:
         return current
 
     def _bases(self, key: str, changes: list[IndexChange]) -> None:
-        """Each change's merge base: what its process last saw of ``key`` (else this mount)."""
+        """Each change's merge base: what its process last saw of ``key`` (else none)."""
         for c in changes:
             c.seen = self.index.base_for(c.owner, key)
 

@@ -268,6 +268,74 @@ def tags(doc: bytes | None) -> set[str]:
     return {m["annotations"]["org.opencontainers.image.ref.name"] for m in json.loads(doc)["manifests"]}
 
 
+def test_two_zots_creating_one_repository_at_once_then_tagging_keep_both_tags(tmp_path):
+    """zot creates a repository's index.json with open(O_CREAT) + ftruncate(0) + write +
+    close, as {"schemaVersion":2,"manifests":null}. Two zots on two mounts do it at once: the
+    second close merges (it used to be EIO: null was "not an index"). And when such a create
+    does fail, the inode the kernel still holds for the name must not read as an empty file
+    (zot then fails with "invalid JSON"): it is ESTALE, and the kernel looks the name up
+    again and reads what S3 has."""
+    from fsrig import Fields, run_mounts
+
+    null = b'{"schemaVersion":2,"manifests":null}'
+    path = "shared/index.json"
+
+    async def zot_write(r: Rig, inode: int, data: bytes, pid: int, fh: int | None = None) -> None:
+        if fh is None:
+            fh = (await r.ops.open(inode, os.O_WRONLY, Ctx(pid))).fh
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = 0
+        await r.ops.setattr(inode, attr, Fields(update_size=True), fh, Ctx(pid))
+        await r.write(fh, data, 0)
+        await r.close(fh)
+
+    async def add_tag(r: Rig, tag: str, pid: int) -> None:
+        doc = json.loads(await r.read_file(path, pid))
+        doc["manifests"] = (doc["manifests"] or []) + json.loads(index(tag))["manifests"]
+        await zot_write(r, await r.lookup(path, pid), json.dumps(doc).encode(), pid)
+
+    async def go(rigs: list[Rig]) -> None:
+        a, b = rigs
+        await a.mkdir("shared", pid=10)
+        await b.mkdir("shared", pid=20)
+        parent = await b.lookup("shared", 20)
+        fi, entry = await b.ops.create(parent, b"index.json", 0o644, os.O_WRONLY | os.O_CREAT, Ctx(20))
+        await a.write_file(path, null, pid=10, flags=os.O_WRONLY | os.O_CREAT)  # zot1 first
+        await zot_write(b, entry.st_ino, null, 20, fi.fh)  # zot2's create: merged, not EIO
+        await add_tag(a, "r0z1", 10)
+        await add_tag(b, "r0z2", 20)
+        assert tags(b.obj(path)) == {"r0z1", "r0z2"}
+
+        # A create that does fail (a rewrite that is no index, against another mount's file)
+        await a.mkdir("other", pid=10)
+        await b.mkdir("other", pid=20)
+        fi, entry = await b.ops.create(await b.lookup("other", 20), b"index.json", 0o644, os.O_WRONLY | os.O_CREAT, Ctx(20))
+        await a.write_file("other/index.json", index("x"), pid=10)
+        await b.write(fi.fh, b"not json", 0)
+        await fails_with(errno.EIO, b.close(fi.fh))
+        await fails_with(errno.ESTALE, b.ops.open(entry.st_ino, os.O_RDONLY, Ctx(20)))
+        await fails_with(errno.ESTALE, b.ops.getattr(entry.st_ino, Ctx(20)))
+        await trio.sleep(1.1)  # (the kernel's next lookup comes after the listing's TTL)
+        assert tags(await b.read_file("other/index.json", 20)) == {"x"}
+
+    run_mounts(go, tmp_path, 2)
+
+
+def test_a_process_that_never_read_index_json_only_adds_to_it(tmp_path):
+    """Two oras pushes start a new repository on one mount at once: both find no index.json
+    and write a fresh one with their own tag. The second never read the first's version, so
+    its rewrite has no base: it may add, never remove (it used to take the mount's view as its
+    base, and so deleted the first tag)."""
+
+    async def go(r: Rig):
+        await r.mkdir("repo", pid=Z)
+        await r.write_file("repo/index.json", index("one"), pid=Z)
+        await r.write_file("repo/index.json", index("two"), pid=Z + 1)  # it saw no index.json
+        assert tags(r.obj("repo/index.json")) == {"one", "two"}
+
+    run(go, tmp_path)
+
+
 def test_a_tag_deleted_by_renaming_index_json_into_place_stays_deleted(tmp_path):
     async def go(r: Rig):
         await r.mkdir("repo")
@@ -293,9 +361,10 @@ def test_a_reused_pid_does_not_inherit_an_old_process_base(tmp_path):
     bases = IndexBases()
     bases.saw((A, 1000), "k", bases.next_seq(), '"e1"', b"old")
     assert bases.base_for((A, 1000), "k") == ('"e1"', b"old")
-    assert bases.base_for((A, 2000), "k") == ('"e1"', b"old")  # the mount's view, not A's
+    assert bases.base_for((A, 2000), "k") is None  # not A's: the new process read nothing
     bases.saw(None, "k", bases.next_seq(), '"e2"', b"new")
-    assert bases.base_for((A, 2000), "k") == ('"e2"', b"new")
+    assert bases.base_for((A, 2000), "k") is None
+    assert bases.base_for(None, "k") == ('"e2"', b"new")  # the mount's view
     assert bases.base_for((A, 1000), "k") == ('"e1"', b"old")
 
 

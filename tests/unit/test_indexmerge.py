@@ -150,3 +150,15 @@ def test_combining_rewrites_leaves_exactly_what_publishing_them_one_by_one_would
         mine = [d for i, d in enumerate(mine) if i not in drop] + add
         changes.append((seen, index(*mine)))
     assert combine(current, changes).body == (sequential(current, changes) if changes else None)
+
+
+def test_a_null_manifest_list_is_an_empty_index():
+    """zot (Go) creates a repository's index.json as {"schemaVersion":2,"manifests":null}; two
+    zots creating one repository at once must merge, not fail the second with EIO."""
+    zot_new = b'{"schemaVersion":2,"manifests":null}'
+    merged, conflicts = merge(None, zot_new, zot_new)
+    assert not json.loads(merged)["manifests"] and conflicts == []  # (the bytes as written)
+    merged, _ = merge(zot_new, index(desc("b", "v2")), index(desc("a", "v1")))
+    assert tags(merged) == ["v1", "v2"]
+    merged, _ = merge(index(desc("a", "v1")), zot_new, index(desc("a", "v1"), desc("c", "v3")))
+    assert tags(merged) == ["v3"]
