@@ -43,9 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import trio
 
 from ocifs import store, trace
+from ocifs.tasks import wait_future
 
 log = logging.getLogger(__name__)
 
@@ -318,24 +318,7 @@ class HttpDataPlane:
     async def _run(self, fn: Callable[[_Job], T]) -> T:
         """Run ``fn`` on a worker; a cancelled trio task cancels the request (and does not wait)."""
         job = _Job()
-        fut = self._pool.submit(fn, job)
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-
-        def wake(_: object) -> None:
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass
-
-        fut.add_done_callback(wake)
-        try:
-            await done.wait()
-        except BaseException:
-            fut.cancel()
-            job.cancel()
-            raise
-        return fut.result()
+        return await wait_future(self._pool.submit(fn, job), job.cancel)
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: store.Body | StagedRange) -> tuple[str, int]:
         """Send one part; returns (ETag, bytes sent)."""

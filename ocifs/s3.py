@@ -46,6 +46,7 @@ from botocore.exceptions import (
 )
 
 from ocifs import errors, store, trace
+from ocifs.tasks import wait_future
 from ocifs.config import Config
 from ocifs.dataplane import DENIED_CODES, BodyError, Endpoint, HttpDataPlane, error_for
 from ocifs.store import ListPage, ObjectInfo, PartInfo, UploadInfo
@@ -91,23 +92,7 @@ class AsyncioThread:
 
     async def run_in_trio(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await an asyncio coroutine from a trio task without blocking a thread."""
-        fut = self.submit(coro)
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-
-        def wake(_: concurrent.futures.Future[T]) -> None:
-            try:
-                token.run_sync_soon(done.set)
-            except trio.RunFinishedError:
-                pass
-
-        fut.add_done_callback(wake)
-        try:
-            await done.wait()
-        except BaseException:
-            fut.cancel()
-            raise
-        return fut.result()
+        return await wait_future(self.submit(coro))
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -10,11 +10,38 @@ catch their own errors; see :meth:`TaskGroup.start_soon`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
+
+T = TypeVar("T")
+
+
+async def wait_future(fut: "concurrent.futures.Future[T]", on_cancel: Callable[[], None] | None = None) -> T:
+    """Await a future another thread completes (an asyncio loop, a worker pool) without
+    blocking a trio thread. Cancelled: the future is cancelled, ``on_cancel`` runs (to stop
+    work already under way), and the task does not wait for it."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: object) -> None:
+        try:
+            token.run_sync_soon(done.set)
+        except trio.RunFinishedError:
+            pass
+
+    fut.add_done_callback(wake)
+    try:
+        await done.wait()
+    except BaseException:
+        fut.cancel()
+        if on_cancel is not None:
+            on_cancel()
+        raise
+    return fut.result()
 
 log = logging.getLogger(__name__)
 

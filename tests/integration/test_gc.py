@@ -81,11 +81,12 @@ def untag(m: Mount, digests: set[str], repo: str = "app") -> None:
 def pull_and_check(m: Mount, ref: str, want: dict[str, bytes], out: Path) -> None:
     """oras pull ``ref`` (oras checks every digest it reads) and compare the files."""
     out.mkdir(parents=True)
-    oras("pull", "--oci-layout", f"{m.path}/{ref}", cwd=out)
+    pulled = oras("pull", "--oci-layout", f"{m.path}/{ref}", cwd=out)
     for name, data in want.items():
         if not (out / name).exists():
             manifest = oras("manifest", "fetch", "--oci-layout", f"{m.path}/{ref}").stdout
-            pytest.fail(f"{ref}: no {name} after pull; pulled {sorted(os.listdir(out))}; manifest {manifest}")
+            pytest.fail(f"{ref}: no {name} after pull; pulled {sorted(os.listdir(out))}; manifest {manifest}\n"
+                        f"oras pull said:\n{pulled.stdout}\n{pulled.stderr}\n{m.log_tail(30)}")
         got = (out / name).read_bytes()
         assert got == data, f"{ref}: {name} has {len(got)} bytes that differ from what was pushed"
 
