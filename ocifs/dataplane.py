@@ -43,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-
 from ocifs import store, trace
 from ocifs.tasks import wait_future
 

@@ -46,10 +46,10 @@ from botocore.exceptions import (
 )
 
 from ocifs import errors, store, trace
-from ocifs.tasks import wait_future
 from ocifs.config import Config
 from ocifs.dataplane import DENIED_CODES, BodyError, Endpoint, HttpDataPlane, error_for
 from ocifs.store import ListPage, ObjectInfo, PartInfo, UploadInfo
+from ocifs.tasks import wait_future
 
 log = logging.getLogger(__name__)
 
