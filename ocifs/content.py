@@ -140,6 +140,8 @@ class StreamingHash:
     HASH_BATCH = 8 * 1024 * 1024
     # Jobs queued but not done beyond this many and the writer waits (bounds the lag).
     MAX_JOBS = 8
+    # A tail this small is hashed by the caller at close: a job would cost a thread hand-over.
+    INLINE = 1024 * 1024
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
     _pool_lock = threading.Lock()
     _buffers = threading.local()
@@ -200,9 +202,6 @@ class StreamingHash:
     def busy(self) -> bool:
         """Whether :meth:`hexdigest` would wait for a job (then call it off the FUSE thread)."""
         return bool(self._jobs) or self._written - self._queued > self.INLINE
-
-    # A tail this small is hashed by the caller at close: a job would cost a thread hand-over.
-    INLINE = 1024 * 1024
 
     def hexdigest(self) -> str | None:
         """The digest of everything advanced so far (waits for the jobs: at most a batch or two)."""

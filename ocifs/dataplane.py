@@ -96,46 +96,15 @@ class Endpoint:
         return name, int(port) if port else (443 if self.scheme == "https" else 80)
 
 
-# --- what S3 answered, as ocifs.store errors (both planes use this table) ---------------------
-_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
-DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
-_PRECONDITION = {"412", "PreconditionFailed"}
-# "Too many requests": AWS says 503 SlowDown (botocore retries it), MinIO at
-# MINIO_API_REQUESTS_MAX says 429 TooManyRequests (botocore's standard mode does not).
-_THROTTLED = {"SlowDown", "TooManyRequests"}
+# --- what S3 answered ------------------------------------------------------------------------
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
-
-
-class BodyError(store.BadResponse):
-    """A response body that broke off or had the wrong length: worth another try."""
-
-
-def error_for(what: str, code: str, status: str, msg: str) -> store.StoreError:
-    """The :mod:`ocifs.store` error for an S3 error ``code`` / HTTP ``status``."""
-    if code == "NoSuchUpload":
-        return store.NoSuchUpload(f"{what}: no such multipart upload")
-    if code == "NoSuchBucket":
-        return store.NoSuchBucket(f"{what}: no such bucket")
-    if code in _NOT_FOUND or status == "404":
-        return store.NotFound(f"{what}: {msg}")
-    if code in DENIED_CODES or status == "403":
-        return store.Denied(f"{what}: access denied ({code})")
-    if code in _PRECONDITION or status == "412" or code == "ConditionalRequestConflict":
-        return store.PreconditionFailed(f"{what}: precondition failed ({code})")
-    if code in _THROTTLED or status == "429":
-        return store.Unavailable(f"{what}: {code or status}: still refused after retries: {msg}")
-    if code == "NotImplemented" or status == "501":
-        return store.Unsupported(f"{what}: not implemented by this endpoint ({code})")
-    if status.startswith("4"):
-        return store.Rejected(f"{what}: {code or status}: {msg}")
-    return store.Unavailable(f"{what}: {code or status}: {msg}")
 
 
 def _error_response(op: str, status: int, body: bytes | None, fallback: str) -> store.StoreError:
     code = m.group(1).decode(errors="replace") if body and (m := _CODE.search(body)) else ""
     msg = m.group(1).decode(errors="replace") if body and (m := _MESSAGE.search(body)) else fallback
-    return error_for(op, code, str(status), msg)
+    return store.error_for(op, code, str(status), msg)
 
 
 # --- SigV4 ------------------------------------------------------------------------------------
@@ -283,7 +252,7 @@ class HttpDataPlane:
             while pos < len(view):
                 n = resp.readinto(view[pos:])
                 if not n:
-                    raise BodyError(f"body broke off after {pos} of {len(view)} bytes")
+                    raise store.BodyError(f"body broke off after {pos} of {len(view)} bytes")
                 pos += n
             resp.read()  # the rest (nothing): frees the connection for the next request
             return _Answer(resp.status, hdrs, buf)
@@ -375,7 +344,7 @@ class HttpDataPlane:
         def into(length: int) -> bytearray:
             if length != want:  # shorter: the object ends early; longer: the range was ignored
                 raise (store.BadResponse(f"GetObject {key} [{start},{end}): the object ends before {end}") if 0 <= length < want
-                       else BodyError(f"GetObject {key} [{start},{end}): {length} bytes instead of {want}"))
+                       else store.BodyError(f"GetObject {key} [{start},{end}): {length} bytes instead of {want}"))
             return bytearray(want)
 
         def go(job: _Job) -> _Answer:

@@ -47,7 +47,7 @@ from botocore.exceptions import (
 
 from ocifs import errors, store, trace
 from ocifs.config import Config
-from ocifs.dataplane import DENIED_CODES, BodyError, Endpoint, HttpDataPlane, error_for
+from ocifs.dataplane import Endpoint, HttpDataPlane
 from ocifs.store import ListPage, ObjectInfo, PartInfo, UploadInfo
 from ocifs.tasks import wait_future
 
@@ -135,7 +135,7 @@ def translate(exc: BaseException, what: str) -> store.StoreError:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         msg = exc.response.get("Error", {}).get("Message", "") or code
-        return error_for(what, code, status, msg)
+        return store.error_for(what, code, status, msg)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return store.Denied(f"{what}: no usable credentials ({exc})")
     if isinstance(exc, ParamValidationError):  # refused before it was sent (bad key, metadata)
@@ -326,7 +326,7 @@ class S3:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code == "NoSuchBucket":
                 raise errors.BucketError(f"bucket {self.bucket!r} does not exist") from None
-            if code in DENIED_CODES:
+            if code in store.DENIED_CODES:
                 raise errors.BucketError(
                     f"access to bucket {self.bucket!r} denied ({code}): check the credentials"
                 ) from None
@@ -455,13 +455,13 @@ class S3:
                     async for piece in body.content.iter_chunked(1 << 20):
                         n = len(piece)
                         if pos + n > want:
-                            raise BodyError(f"GetObject {key} [{start},{end}): body longer than asked")
+                            raise store.BodyError(f"GetObject {key} [{start},{end}): body longer than asked")
                         buf[pos : pos + n] = piece
                         pos += n
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.IncompleteReadError, OSError) as exc:
-                raise BodyError(f"GetObject {key} [{start},{end}): body broke off after {pos} bytes ({type(exc).__name__})") from None
+                raise store.BodyError(f"GetObject {key} [{start},{end}): body broke off after {pos} bytes ({type(exc).__name__})") from None
             if pos != want:
-                raise BodyError(f"GetObject {key} [{start},{end}): got {pos} bytes, expected {want}")
+                raise store.BodyError(f"GetObject {key} [{start},{end}): got {pos} bytes, expected {want}")
             return bytes(buf) if want <= 65536 else buf  # type: ignore[return-value]
 
         plane = self.plane
@@ -474,7 +474,7 @@ class S3:
             try:
                 data = await (self._counted("GetObject", native) if plane is not None else self.call("GetObject", go))
                 break
-            except BodyError as exc:
+            except store.BodyError as exc:
                 if attempt == BODY_RETRIES - 1:
                     raise
                 self.stats["retries"] += 1

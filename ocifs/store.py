@@ -101,6 +101,40 @@ class BadResponse(StoreError):
     """An answer we cannot use: a short or overlong body, a malformed reply."""
 
 
+# --- S3's error codes as these errors (aiobotocore's answers and the data plane's alike) -------
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_PRECONDITION = {"412", "PreconditionFailed"}
+# "Too many requests": AWS says 503 SlowDown (botocore retries it), MinIO at
+# MINIO_API_REQUESTS_MAX says 429 TooManyRequests (botocore's standard mode does not).
+_THROTTLED = {"SlowDown", "TooManyRequests"}
+
+
+class BodyError(BadResponse):
+    """A response body that broke off or had the wrong length: worth another try."""
+
+
+def error_for(what: str, code: str, status: str, msg: str) -> StoreError:
+    """The error for an S3 error ``code`` / HTTP ``status``."""
+    if code == "NoSuchUpload":
+        return NoSuchUpload(f"{what}: no such multipart upload")
+    if code == "NoSuchBucket":
+        return NoSuchBucket(f"{what}: no such bucket")
+    if code in _NOT_FOUND or status == "404":
+        return NotFound(f"{what}: {msg}")
+    if code in DENIED_CODES or status == "403":
+        return Denied(f"{what}: access denied ({code})")
+    if code in _PRECONDITION or status == "412" or code == "ConditionalRequestConflict":
+        return PreconditionFailed(f"{what}: precondition failed ({code})")
+    if code in _THROTTLED or status == "429":
+        return Unavailable(f"{what}: {code or status}: still refused after retries: {msg}")
+    if code == "NotImplemented" or status == "501":
+        return Unsupported(f"{what}: not implemented by this endpoint ({code})")
+    if status.startswith("4"):
+        return Rejected(f"{what}: {code or status}: {msg}")
+    return Unavailable(f"{what}: {code or status}: {msg}")
+
+
 # --- the interface --------------------------------------------------------------------------
 class ObjectStore(Protocol):
     """One bucket, as the filesystem uses it. All keys are full keys (prefix included)."""

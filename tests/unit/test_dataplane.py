@@ -13,7 +13,8 @@ from botocore.credentials import Credentials
 
 from ocifs import store
 from ocifs.config import Config as MountConfig
-from ocifs.dataplane import Endpoint, _error_response, error_for, sign
+from ocifs.dataplane import Endpoint, _error_response, sign
+from ocifs.store import error_for
 from ocifs.s3 import S3
 
 
