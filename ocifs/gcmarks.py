@@ -25,6 +25,7 @@ This module holds the shared format (:class:`Mark`, the key functions) and the m
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -248,6 +249,10 @@ class GcMarks:
             return True
         self._note_answered(key)
         with trio.move_on_after(MAX_WAIT) as scope:
+            if len(prefixes) > 1:  # the bucket's and the layout's: one round trip, not two
+                async with trio.open_nursery() as nursery:
+                    for p in prefixes:
+                        nursery.start_soon(self._warm, p)
             for p in prefixes:
                 view = await self._view(p)
                 for seen in list(view.marks.values()):
@@ -258,6 +263,12 @@ class GcMarks:
         return self._still_valid(key, confirmed, prefixes)
 
     # --- view ---------------------------------------------------------------------------------
+    async def _warm(self, prefix: str) -> None:
+        """Refresh a view ahead of the loop that uses it; a failure is the loop's to report
+        (it asks again), so no error leaves here wrapped in a task group."""
+        with contextlib.suppress(store.StoreError):
+            await self._view(prefix)
+
     async def _view(self, prefix: str) -> _View:
         view = self._views.setdefault(prefix, _View())
         if self.clock.mono() - view.fetched < self.ttl:

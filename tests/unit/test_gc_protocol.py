@@ -327,6 +327,22 @@ def test_lookups_cost_one_list_per_watched_prefix_per_ttl_and_nothing_else():
     run(go)
 
 
+def test_the_watched_prefixes_are_listed_at_once_not_one_after_another():
+    async def go():
+        s3 = store()
+        repo = Repo(s3, root="team/app/")
+        v1 = repo.image(b"one")
+        repo.tag(v1, "v1")
+        s3.delay("ListObjectsV2", 1.0)  # one round trip
+        mount = marks(s3, ttl=10.0)
+        t0 = trio.current_time()
+        assert await mount.keep_if_condemned(v1["layer"], t0)
+        assert requests(s3) == {"ListObjectsV2": 3}  # "", "team/", "team/app/"
+        assert trio.current_time() - t0 == pytest.approx(1.0)
+
+    run(go)
+
+
 def test_a_condemned_key_costs_one_keep_and_one_head_per_run():
     async def go():
         s3 = store()
