@@ -58,6 +58,7 @@ RETENTION = 3600.0
 # Longest a mount's lookup waits on gc marks (refresh, keep, a sweep in progress).
 MAX_WAIT = LEASE + CLOCK_SKEW + 30.0
 _BLOB_KEY = re.compile(r"^(.*/)?blobs/(?:sha256/[0-9a-f]{64}|sha512/[0-9a-f]{128})$")
+_BLOB_DIR_KEY = re.compile(r"^(.*/)?blobs/(?:sha256|sha512)$")
 
 
 # --- the shared format ----------------------------------------------------------------------
@@ -91,9 +92,11 @@ def watched_prefixes(key: str) -> list[str] | None:
     """Where marks that may condemn blob ``key`` live: a gc may run on the bucket, on any
     directory above the layout, or on the layout itself. None if ``key`` is no blob."""
     m = _BLOB_KEY.match(key)
-    if m is None:
-        return None
-    root = m.group(1) or ""
+    return None if m is None else _prefixes_above(m.group(1) or "")
+
+
+def _prefixes_above(root: str) -> list[str]:
+    """"" and every directory prefix down to the layout ``root`` ("a/b/" -> "", "a/", "a/b/")."""
     parts = root.split("/")[:-1]
     return [""] + ["/".join(parts[: i + 1]) + "/" for i in range(len(parts))]
 
@@ -261,6 +264,17 @@ class GcMarks:
         if scope.cancelled_caught:
             raise store.Unavailable(f"{key}: gc marks did not settle within {MAX_WAIT:.0f} s; not answering")
         return self._still_valid(key, confirmed, prefixes)
+
+    async def prefetch_for_dir(self, key: str) -> None:
+        """Refresh the views watching the blobs of directory ``key`` (``<layout>/blobs/<alg>``,
+        anything else is ignored) while it is being looked up: the first blob lookup of a cold
+        pull then waits on no LIST of its own. Errors are left to the blob lookups."""
+        m = _BLOB_DIR_KEY.match(key)
+        if m is None:
+            return
+        async with trio.open_nursery() as nursery:
+            for p in _prefixes_above(m.group(1) or ""):
+                nursery.start_soon(self._warm, p)
 
     # --- view ---------------------------------------------------------------------------------
     async def _warm(self, prefix: str) -> None:

@@ -30,7 +30,7 @@ from ocifs.config import Config
 from ocifs.content import Version
 from ocifs.gcmarks import GcMarks
 from ocifs.layout import basename, hidden_reason, is_blob_path, join, parent_of
-from ocifs.store import ObjectInfo, ObjectStore
+from ocifs.store import ListPage, ObjectInfo, ObjectStore
 
 if TYPE_CHECKING:
     from ocifs.session import WriteSession
@@ -326,9 +326,11 @@ class Namespace:
             return node
         listing = self._listing(parent.path)
         if listing is not None:
-            if name not in listing.entries:
+            if name in listing.entries:
+                return self.node_for(path, listing.entries[name], listing.started)
+            if node is None or node.fetched < listing.started:
                 raise errors.NotFound(path)
-            return self.node_for(path, listing.entries[name], listing.started)
+            # else: this mount made it while that LIST was in flight; S3 is asked below
         if is_blob_path(path) or name in LAYOUT_FILES:
             # Files in any OCI layout: one HEAD answers (with mode and mtime), no LIST. A
             # missing index.json is looked for as a directory too, to be exact.
@@ -363,16 +365,26 @@ class Namespace:
                 pass
 
         async def do_list() -> None:
-            nonlocal is_dir
-            page = await self.s3.list_page(self.dir_key(path), delimiter=None, max_keys=1)
+            # A whole page, not one key: for a directory that fits in it (an OCI layout, its
+            # blobs/sha256 of up to 1,000 blobs) the same round trip is its listing, and the
+            # lookups that follow (oci-layout, index.json, blobs, each blob) need no HEAD.
+            nonlocal is_dir, listing
+            page = await self.s3.list_page(self.dir_key(path))
             is_dir = bool(page.objects or page.prefixes)
+            if is_dir and page.next_token is None:
+                listing = self._listing_from(path, [page], started)
 
+        listing: _Listing | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(do_head)
             nursery.start_soon(do_list)
+            if self.gc_marks is not None:  # a blobs/<alg> directory: its blobs' gc views too
+                nursery.start_soon(self.gc_marks.prefetch_for_dir, self.key(path))
         if is_dir:  # a key that is both object and prefix shows as the directory
             if head is not None:
                 self._warn_once(self.key(path), "is both an object and a prefix; the object is hidden")
+            if listing is not None:
+                self._keep_listing(path, listing)
             return self.node_for(path, None)
         if head is not None:
             return self.node_for(path, head, started)
@@ -421,12 +433,24 @@ class Namespace:
 
     async def _fetch_listing(self, path: str) -> _Listing:
         started = time.monotonic()
+        pages: list[ListPage] = []
+        token: str | None = None
+        while True:
+            page = await self.s3.list_page(self.dir_key(path), token)
+            pages.append(page)
+            token = page.next_token
+            if token is None:
+                break
+        listing = self._listing_from(path, pages, started)
+        self._keep_listing(path, listing)
+        return listing
+
+    def _listing_from(self, path: str, pages: list[ListPage], started: float) -> _Listing:
+        """The entries of directory ``path`` from every page of its (delimited) LIST."""
         prefix = self.dir_key(path)
         entries: dict[str, Entry] = {}
         files: dict[str, ObjectInfo] = {}
-        token: str | None = None
-        while True:
-            page = await self.s3.list_page(prefix, token)
+        for page in pages:
             for p in page.prefixes:
                 name = p[len(prefix) :].removesuffix("/")
                 if self._visible(p, name, path):
@@ -439,20 +463,18 @@ class Namespace:
                 name = obj.key[len(prefix) :]
                 if self._visible(obj.key, name, path):
                     files[name] = obj
-            token = page.next_token
-            if token is None:
-                break
         for name, obj in files.items():
             if name in entries:
                 self._warn_once(obj.key, "is both an object and a prefix; the object is hidden")
             else:
                 entries[name] = obj
-        listing = _Listing(entries, started)
+        return _Listing(entries, started)
+
+    def _keep_listing(self, path: str, listing: _Listing) -> None:
         try:
             self._listings[path] = listing
         except ValueError:  # bigger than the whole budget: used once, not kept
             pass
-        return listing
 
     def _visible(self, key: str, name: str, parent: str) -> bool:
         reason = hidden_reason(name, top_level=not parent)

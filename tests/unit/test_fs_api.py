@@ -16,8 +16,9 @@ import pytest
 import trio
 import trio.testing
 
-from fsrig import Ctx, MiB, Rig, run
+from fsrig import Ctx, MiB, Rig, run, run_mounts
 from ocifs import store
+from ocifs.gcmarks import GcMarks
 
 A, B, Z = 101, 202, 303  # processes
 
@@ -623,3 +624,72 @@ def test_a_read_waiting_on_a_read_ahead_that_timed_out_answers_eio_and_the_mount
         await r.close(warm)
 
     run(go, tmp_path, op_timeout=1)
+
+
+# --- lookups: what they cost and what they may not forget ---------------------------------------
+def test_a_layout_found_by_its_first_lookup_answers_its_files_and_blobs_without_a_head(tmp_path):
+    """The LIST that finds a directory is a page of its listing: a cold `oras pull` heads
+    only the two directories it probes (app, app/blobs/sha256), not each file and blob."""
+    layer = body(MiB)
+
+    async def go(r: Rig):
+        r.s3.seed("app/oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        r.s3.seed("app/index.json", b'{"schemaVersion":2,"manifests":[]}')
+        r.s3.seed(f"app/blobs/sha256/{blob_name(layer)}", layer)
+        for path in ["app/oci-layout", "app/index.json", f"app/blobs/sha256/{blob_name(layer)}"]:
+            await r.lookup(path)
+        with pytest.raises(pyfuse3.FUSEError):
+            await r.lookup(f"app/blobs/sha256/{blob_name(b'other')}")  # absent: the listing says so
+        assert [c.key for c in r.s3.calls if c.op == "HeadObject"] == ["app", "app/blobs/sha256"]
+        assert await r.read_file(f"app/blobs/sha256/{blob_name(layer)}") == layer
+
+    run(go, tmp_path)
+
+
+def test_a_cold_lookup_of_a_blob_costs_two_round_trips(tmp_path):
+    """`oras pull` on a fresh mount: the layout's probe, then blobs/sha256's probe with the
+    gc marks views it needs fetched alongside (not one LIST after another)."""
+    layer = body(1000)
+
+    async def go(rigs: list[Rig]):
+        r = rigs[0]
+        r.ops.ns.gc_marks = GcMarks(r.s3, 1.0)
+        r.s3.seed("app/oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        r.s3.seed(f"app/blobs/sha256/{blob_name(layer)}", layer)
+        for op in ("HeadObject", "ListObjectsV2"):
+            r.s3.delay(op, 1.0)
+        t0 = trio.current_time()
+        await r.lookup(f"app/blobs/sha256/{blob_name(layer)}")
+        assert trio.current_time() - t0 == pytest.approx(2.0)
+
+    run_mounts(go, tmp_path, 1, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_file_this_mount_published_while_a_listing_was_in_flight_is_not_forgotten(tmp_path):
+    """A LIST that began before this mount's publish does not show the file; once the file's
+    own attributes age past the TTL, that listing must not answer ENOENT for it."""
+
+    async def go(r: Rig):
+        r.s3.seed("d/x", b"x")
+        await r.lookup("d")
+        await trio.sleep(1.1)  # d's listing is stale: the next readdir lists again
+        real, gate, listed = r.s3.list_page, trio.Event(), trio.Event()
+
+        async def slow_list(prefix, *args, **kw):
+            page = await real(prefix, *args, **kw)
+            if prefix == "d/":  # the answer left S3 before the publish below, and arrives after
+                listed.set()
+                await gate.wait()
+            return page
+
+        r.s3.list_page = slow_list
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.ops.ns.list_dir, r.ops.ns.paths["d"])
+            await listed.wait()
+            await r.write_file("d/new", b"new")
+            await trio.sleep(0.5)
+            gate.set()
+        await trio.sleep(0.6)  # d/new's attributes are now older than the TTL; the listing is not
+        assert await r.read_file("d/new") == b"new"
+
+    run(go, tmp_path, metadata_ttl=1.0)
