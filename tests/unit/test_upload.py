@@ -105,22 +105,38 @@ def test_small_file_is_one_put(tmp_path):
     trio.run(rig(go), tmp_path)
 
 
-def test_a_file_of_exactly_one_part_completes_the_part_it_streamed(tmp_path):
-    """The part went out when the writer reached its end; close completes it instead of
-    aborting it and PUTting the same bytes a second time."""
+def test_a_file_of_exactly_one_part_is_one_put(tmp_path):
+    """The first part waits for a byte past it: one request at close, not three in a row."""
     body = data(PART)
 
     async def go(r: Rig):
         for off in range(0, len(body), MiB):
             await r.write(off, body[off : off + MiB])
+        await r.upload.wait_idle()
+        assert r.s3.calls == []
         assert await r.commit() == body
+        assert [c.op for c in r.s3.calls] == ["PutObject"]
+
+    trio.run(rig(go), tmp_path)
+
+
+def test_a_file_cut_back_to_one_part_completes_the_part_it_streamed(tmp_path):
+    """The part went out when the writer went past it; after a truncate to its end, close
+    completes it instead of aborting it and PUTting the same bytes a second time."""
+    body = data(PART + 10)
+
+    async def go(r: Rig):
+        await r.write(0, body)
+        await r.upload.wait_idle()
+        await r.session.truncate(PART)
+        assert await r.commit() == body[:PART]
         assert [c.op for c in r.s3.calls] == ["CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"]
 
     trio.run(rig(go), tmp_path)
 
 
 def test_a_one_part_file_truncated_after_its_part_went_out_is_one_put(tmp_path):
-    body = data(PART)
+    body = data(PART + 10)
 
     async def go(r: Rig):
         await r.write(0, body)
