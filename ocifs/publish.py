@@ -45,7 +45,7 @@ import trio
 
 from ocifs import errors, store
 from ocifs.config import Config
-from ocifs.content import Version
+from ocifs.content import Content, Version
 from ocifs.indexmerge import Seen, combine
 from ocifs.layout import blob_digest, ingest_target, is_index
 from ocifs.namespace import Namespace, Node
@@ -269,7 +269,7 @@ class Publisher:
             alg, want = blob_digest(target) or ("", "")
             if await content.digest(alg, upload.fetch) == want:
                 tkey = self.ns.key(target)
-                return Version(tkey, await upload.finish(tkey, {}, fix_meta=False), content.size)
+                return self._seeded(Version(tkey, await upload.finish(tkey, {}, fix_meta=False), content.size), content)
             log.info("%s does not hash to its blob name; publishing it under its own name", node.path)
         expect = blob_digest(node.path)
         if expect is not None:
@@ -278,9 +278,15 @@ class Publisher:
                 raise errors.DigestMismatch(f"refusing to publish {key}: content hashes to {expect[0]}:{got}")
         meta = node.meta()
         etag = await upload.finish(key, meta, fix_meta=expect is None)
+        return self._seeded(Version(key, etag, content.size), content)
+
+    def _seeded(self, version: Version, content: Content) -> Version:
+        """``version``, with the cache holding its bytes when they are all local and fit in a
+        chunk: clients read back what they just wrote (oras reads each manifest it pushed, to
+        index it), and that read then costs no GET."""
         if content.size <= self.cfg.chunk_size and not content.needs_base(0, content.size):
-            self.reader.put_whole(Version(key, etag, content.size), content.pread_local(0, content.size))
-        return Version(key, etag, content.size)
+            self.reader.put_whole(version, content.pread_local(0, content.size))
+        return version
 
     # --- index.json ---------------------------------------------------------------------------
     async def read_index(self, node: Node, owner: Owner | None) -> Version | None:

@@ -693,3 +693,22 @@ def test_a_file_this_mount_published_while_a_listing_was_in_flight_is_not_forgot
         assert await r.read_file("d/new") == b"new"
 
     run(go, tmp_path, metadata_ttl=1.0)
+
+
+def test_a_blob_pushed_through_an_ingest_file_reads_back_without_a_get(tmp_path):
+    """oras reads each manifest it pushed (to index it): the bytes this mount just published
+    are in the cache, whichever way they were published (zero-copy ingest or plain)."""
+    manifest = b'{"schemaVersion":2,"layers":[]}'
+    plain = b'{"schemaVersion":2,"config":{}}'
+
+    async def go(r: Rig):
+        await r.mkdir("lay/ingest")
+        await r.mkdir("lay/blobs/sha256")
+        await r.write_file(f"lay/ingest/{blob_name(manifest)}_1", manifest)
+        await r.rename(f"lay/ingest/{blob_name(manifest)}_1", f"lay/blobs/sha256/{blob_name(manifest)}")
+        await r.write_file(f"lay/blobs/sha256/{blob_name(plain)}", plain)
+        assert await r.read_file(f"lay/blobs/sha256/{blob_name(manifest)}", pid=B) == manifest
+        assert await r.read_file(f"lay/blobs/sha256/{blob_name(plain)}", pid=B) == plain
+        assert [c for c in r.s3.calls if c.op == "GetObject"] == []
+
+    run(go, tmp_path)
