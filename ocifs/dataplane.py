@@ -309,12 +309,6 @@ class HttpDataPlane:
             raise store.BadResponse(f"UploadPart {key} part {number}: no ETag in the answer")
         return etag, size
 
-    @property
-    def sends_from_files(self) -> bool:
-        """Whether a :class:`StagedRange` part goes out with ``sendfile``, holding no buffer
-        (plain HTTP; through TLS it is read into one first)."""
-        return self._tls is None
-
     def _sender(self, body: StagedRange) -> Callable[[http.client.HTTPConnection], None]:
         """Send [start, end) of the staging file: ``sendfile`` (kernel to kernel) in plain
         HTTP; through TLS one ``preadv`` into a buffer and ``sendall``. A file shorter than

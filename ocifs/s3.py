@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -565,10 +564,7 @@ class S3:
 
         assert self.limiter is not None
         plane = self.plane
-        # A part the native plane sends from its staging file with sendfile holds no memory
-        # here: only the S3 slot bounds it (part_memory capped a 64 MiB push at 4 parts in flight).
-        memory = contextlib.nullcontext() if plane is not None and plane.sends_from_files and hasattr(body, "fd") else self.part_memory
-        async with memory, self.limiter:
+        async with self.part_memory, self.limiter:
             trace.event("part_slot", part=number)
             self.stats["requests.UploadPart"] += 1
             try:
