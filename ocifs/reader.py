@@ -33,6 +33,9 @@ from ocifs.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 
+DEMAND_PIECES = 4  # ranged GETs at once for a chunk a read waits on (read-ahead: one per chunk)
+MIN_PIECE = 1024 * 1024  # ... each at least this long
+
 
 class ReadState:
     """How one open handle reads the committed version it was opened on."""
@@ -76,19 +79,50 @@ class Reader:
         return st
 
     # --- chunks -----------------------------------------------------------------------------
-    def _fetch(self, v: Version, idx: int) -> Fetch:
-        """The ranged GET of chunk ``idx`` of ``v``; what it brings is offered to the disk cache."""
+    def _fetch(self, v: Version, idx: int, pieces: int = 1) -> Fetch:
+        """The ranged GET of chunk ``idx`` of ``v`` (in ``pieces`` GETs at once, see
+        :meth:`chunk`); what it brings is offered to the disk cache."""
 
         async def fetch(start: int, end: int) -> bytes:
-            data = await self.s3.get_range(v.key, start, end, v.etag or None)
+            n = max(1, min(pieces, (end - start) // MIN_PIECE))
+            if n == 1:
+                data = await self.s3.get_range(v.key, start, end, v.etag or None)
+            else:
+                data = await self._get_pieces(v, start, end, n)
             if self.disk is not None:
                 self.disk.offer(v, idx, data)
             return data
 
         return fetch
 
+    async def _get_pieces(self, v: Version, start: int, end: int, n: int) -> bytes:
+        """Bytes [start, end) of ``v`` by ``n`` ranged GETs at once. The first failure stops
+        the others and is raised as it is (not in a group: callers tell a replaced object
+        from a missing one by the error's type)."""
+        bounds = [start + (end - start) * i // n for i in range(n + 1)]
+        got: list[bytes] = [b""] * n
+        failed: list[Exception] = []
+
+        async def one(i: int, cancel: trio.CancelScope) -> None:
+            try:
+                got[i] = await self.s3.get_range(v.key, bounds[i], bounds[i + 1], v.etag or None)
+            except Exception as exc:
+                failed.append(exc)
+                cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i, nursery.cancel_scope)
+        if failed:
+            raise failed[0]
+        return b"".join(got)
+
     async def chunk(self, v: Version, idx: int) -> bytes:
-        data = await self.cache.get((v.key, v.etag, idx), v.size, self._fetch(v, idx))
+        """Chunk ``idx`` of ``v`` for a read that waits on it. Fetched from S3 here (not by
+        read-ahead), it comes in :data:`DEMAND_PIECES` ranged GETs at once: S3 serves each
+        connection at a bounded rate (~90 MB/s), so the first chunk of a cold blob arrives in
+        a quarter of the time (an 8 MiB layer: one round trip and 2 MiB, not 8)."""
+        data = await self.cache.get((v.key, v.etag, idx), v.size, self._fetch(v, idx, DEMAND_PIECES))
         if self.disk is not None:
             self.disk.offer(v, idx, data)  # also when it came from memory
         return data

@@ -712,3 +712,40 @@ def test_a_blob_pushed_through_an_ingest_file_reads_back_without_a_get(tmp_path)
         assert [c for c in r.s3.calls if c.op == "GetObject"] == []
 
     run(go, tmp_path)
+
+
+# --- reads: the first chunk of a cold file --------------------------------------------------------
+def test_a_cold_read_fetches_its_chunk_in_four_ranged_gets_at_once(tmp_path):
+    """S3 serves each connection at a bounded rate: the chunk a read waits on comes in four
+    pieces fetched together (one round trip, a quarter of the bytes each)."""
+    data = body(8 * MiB, 5)
+
+    async def go(rigs: list[Rig]):
+        r = rigs[0]
+        r.s3.seed(f"lay/blobs/sha256/{blob_name(data)}", data)
+        fh = await r.open(f"lay/blobs/sha256/{blob_name(data)}")
+        r.s3.delay("GetObject", 1.0)
+        t0 = trio.current_time()
+        assert await r.read(fh, 0, 128 * 1024) == data[: 128 * 1024]
+        assert trio.current_time() - t0 == pytest.approx(1.0)
+        assert len([c for c in r.s3.calls if c.op == "GetObject"]) == 4
+        assert await r.read(fh, 0, 8 * MiB) == data  # the whole chunk, from the cache
+        assert len([c for c in r.s3.calls if c.op == "GetObject"]) == 4
+        await r.close(fh)
+
+    run_mounts(go, tmp_path, 1, clock=trio.testing.MockClock(autojump_threshold=0), chunk_size=8 * MiB)
+
+
+def test_a_piece_that_finds_the_object_changed_is_an_answer_not_a_failure(tmp_path):
+    """One of the pieces meets If-Match failing: the read switches versions as it does for a
+    whole-chunk GET (nothing was returned yet), instead of failing with EIO."""
+    data = body(8 * MiB, 6)
+
+    async def go(r: Rig):
+        r.s3.seed("f", data)
+        fh = await r.open("f")
+        r.s3.fail("GetObject", store.PreconditionFailed)
+        assert await r.read(fh, 0, 8 * MiB) == data
+        await r.close(fh)
+
+    run(go, tmp_path, chunk_size=8 * MiB)
