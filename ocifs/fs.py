@@ -26,11 +26,13 @@ import trio
 from ocifs import errors, store
 from ocifs.cache import ChunkCache
 from ocifs.config import MiB, Config
+from ocifs.content import Version
 from ocifs.diskcache import DiskCache
 from ocifs.files import Files
+from ocifs.gcmarks import GcMarks
 from ocifs.layout import join, name_to_str, parent_of
 from ocifs.markers import Markers
-from ocifs.namespace import Namespace, Node
+from ocifs.namespace import LAYOUT_FILES, Entry, Namespace, Node
 from ocifs.publish import Publisher
 from ocifs.reader import Reader
 from ocifs.session import Owner
@@ -139,8 +141,26 @@ class Operations(pyfuse3.Operations):
         self.nursery = nursery
         self.reader.group = await TaskGroup.open(nursery, "read-ahead")
         self.markers.group = await TaskGroup.open(nursery, "directory markers")
+        self.ns.on_layout = self._layout_found
         if self.disk is not None:
             await self.disk.start(nursery)
+
+    def _layout_found(self, path: str, entries: dict[str, Entry]) -> None:
+        """A lookup just listed the OCI layout at ``path`` whole. While the client reads its
+        oci-layout, fetch what it asks for next: index.json and oci-layout into the cache,
+        and the gc marks views that its blob lookups check (a cold `oras pull` then waits on
+        neither)."""
+        for name in LAYOUT_FILES:
+            info = entries.get(name)
+            if info is not None:
+                self.reader.prefetch_whole(Version(self.ns.key(join(path, name)), info.etag, info.size))
+        marks, group = self.ns.gc_marks, self.reader.group
+        if marks is not None and group is not None and not group.closed:
+            group.start_soon(self._warm_marks, marks, self.ns.dir_key(path))
+
+    async def _warm_marks(self, marks: GcMarks, root: str) -> None:
+        with trio.move_on_after(self.cfg.op_timeout):
+            await marks.prefetch_for_layout(root)
 
     def _get_nursery(self) -> trio.Nursery:
         assert self.nursery is not None, "the nursery is set when the mount starts"

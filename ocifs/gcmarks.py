@@ -270,10 +270,14 @@ class GcMarks:
         anything else is ignored) while it is being looked up: the first blob lookup of a cold
         pull then waits on no LIST of its own. Errors are left to the blob lookups."""
         m = _BLOB_DIR_KEY.match(key)
-        if m is None:
-            return
+        if m is not None:
+            await self.prefetch_for_layout(m.group(1) or "")
+
+    async def prefetch_for_layout(self, root: str) -> None:
+        """Refresh the views watching the blobs of the layout at key prefix ``root`` ("app/"),
+        e.g. while a client reads its index.json. Errors are left to the blob lookups."""
         async with trio.open_nursery() as nursery:
-            for p in _prefixes_above(m.group(1) or ""):
+            for p in _prefixes_above(root):
                 nursery.start_soon(self._warm, p)
 
     # --- view ---------------------------------------------------------------------------------

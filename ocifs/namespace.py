@@ -20,6 +20,7 @@ import collections
 import logging
 import stat
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import cachetools
@@ -42,6 +43,9 @@ ROOT_INODE = 1
 LAYOUT_FILES = frozenset({"index.json", "oci-layout"})
 # Directory listings kept (for metadata_ttl), bounded by their total number of entries.
 MAX_LISTED_ENTRIES = 200_000
+# Keys a probe's LIST asks for: a directory whose whole tree fits (an OCI layout of up to ~1,000
+# blobs) is listed, with every directory below it, by that one request (S3's page maximum).
+PROBE_KEYS = 1000
 # Files whose content lives at another key (an oras ingest file published at its blob name,
 # waiting for its rename) exist only in this mount's memory: kept this long / this many even
 # when the kernel forgets them, so the client's rename finds them.
@@ -156,6 +160,11 @@ class Node:
         return m
 
 
+def is_layout(entries: dict[str, "Entry"]) -> bool:
+    """Whether a directory's entries are an OCI image layout's (its oci-layout file, or blobs/)."""
+    return entries.get("oci-layout") is not None or ("blobs" in entries and entries["blobs"] is None)
+
+
 class _Listing:
     __slots__ = ("fetched", "started", "entries")
 
@@ -187,6 +196,9 @@ class Namespace:
         self.dir_modes: dict[str, int] = {}
         # gc: keep condemned blobs before saying they exist (set by the mount; None read-only).
         self.gc_marks: GcMarks | None = None
+        # Told of each OCI layout a probe just listed whole (path, its entries): the mount
+        # fetches what a client reads next (index.json, oci-layout, the gc views) meanwhile.
+        self.on_layout: Callable[[str, dict[str, Entry]], None] | None = None
         root = Node(ROOT_INODE, "", True, self.dir_mode)
         root.lookups = 1
         self.nodes[ROOT_INODE] = root
@@ -365,16 +377,17 @@ class Namespace:
                 pass
 
         async def do_list() -> None:
-            # A whole page, not one key: for a directory that fits in it (an OCI layout, its
-            # blobs/sha256 of up to 1,000 blobs) the same round trip is its listing, and the
-            # lookups that follow (oci-layout, index.json, blobs, each blob) need no HEAD.
-            nonlocal is_dir, listing
-            page = await self.s3.list_page(self.dir_key(path))
+            # A page of every key below, not one key: for a directory whose whole tree fits in
+            # it (an OCI layout of up to ~1,000 blobs) the same round trip lists it and each
+            # directory below, and the lookups that follow (oci-layout, index.json, blobs,
+            # blobs/sha256, each blob) need no request of their own.
+            nonlocal is_dir, tree
+            page = await self.s3.list_page(self.dir_key(path), delimiter=None, max_keys=PROBE_KEYS)
             is_dir = bool(page.objects or page.prefixes)
             if is_dir and page.next_token is None:
-                listing = self._listing_from(path, [page], started)
+                tree = self._tree_from(path, page.objects, started)
 
-        listing: _Listing | None = None
+        tree: dict[str, _Listing] = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(do_head)
             nursery.start_soon(do_list)
@@ -383,8 +396,10 @@ class Namespace:
         if is_dir:  # a key that is both object and prefix shows as the directory
             if head is not None:
                 self._warn_once(self.key(path), "is both an object and a prefix; the object is hidden")
-            if listing is not None:
-                self._keep_listing(path, listing)
+            for d, listing in tree.items():
+                self._keep_listing(d, listing)
+            if tree and self.on_layout is not None and is_layout(tree[path].entries):
+                self.on_layout(path, tree[path].entries)
             return self.node_for(path, None)
         if head is not None:
             return self.node_for(path, head, started)
@@ -469,6 +484,42 @@ class Namespace:
             else:
                 entries[name] = obj
         return _Listing(entries, started)
+
+    def _tree_from(self, path: str, objects: list[ObjectInfo], started: float) -> dict[str, _Listing]:
+        """The listings of directory ``path`` and of every directory below it, from all the
+        keys below it (one LIST without delimiter that was not truncated). What each holds is
+        what its own delimited LIST would show: the same hidden names, markers, and a name
+        that is both a file and a directory shown as the directory."""
+        prefix = self.dir_key(path)
+        dirs: dict[str, dict[str, Entry]] = {path: {}}
+        files: dict[str, dict[str, ObjectInfo]] = {path: {}}
+        for obj in objects:
+            segs = obj.key[len(prefix) :].split("/")
+            parent = path
+            for i, name in enumerate(segs):
+                last = i == len(segs) - 1
+                if last and name == "":  # "<parent>/": the directory's own marker
+                    if parent:
+                        self.markers.add(parent)
+                    break
+                if not self._visible(prefix + "/".join(segs[: i + 1]) + ("" if last else "/"), name, parent):
+                    break
+                if last:
+                    files[parent][name] = obj
+                    break
+                dirs[parent][name] = None
+                parent = join(parent, name)
+                dirs.setdefault(parent, {})
+                files.setdefault(parent, {})
+        out: dict[str, _Listing] = {}
+        for d, entries in dirs.items():
+            for name, obj in files[d].items():
+                if name in entries:
+                    self._warn_once(obj.key, "is both an object and a prefix; the object is hidden")
+                else:
+                    entries[name] = obj
+            out[d] = _Listing(entries, started)
+        return out
 
     def _keep_listing(self, path: str, listing: _Listing) -> None:
         try:

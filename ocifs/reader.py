@@ -215,6 +215,12 @@ class Reader:
                 await self.disk.drop(st.disk, "its bytes do not match the digest (--verify-reads)")
             raise
 
+    def prefetch_whole(self, v: Version) -> None:
+        """Fetch a small version (one chunk) into the cache in the background: a file a
+        client is about to read (a layout's index.json)."""
+        if self.group is not None and not self.group.closed and 0 < v.size <= self.cfg.chunk_size:
+            self.group.start_soon(self._prefetch, v, 0)
+
     async def _prefetch(self, v: Version, idx: int) -> None:
         with trio.move_on_after(self.cfg.op_timeout):
             await self.cache.prefetch((v.key, v.etag, idx), v.size, self._fetch(v, idx))

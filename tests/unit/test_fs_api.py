@@ -627,40 +627,89 @@ def test_a_read_waiting_on_a_read_ahead_that_timed_out_answers_eio_and_the_mount
 
 
 # --- lookups: what they cost and what they may not forget ---------------------------------------
-def test_a_layout_found_by_its_first_lookup_answers_its_files_and_blobs_without_a_head(tmp_path):
-    """The LIST that finds a directory is a page of its listing: a cold `oras pull` heads
-    only the two directories it probes (app, app/blobs/sha256), not each file and blob."""
+def seed_layout(s3, layer: bytes, index_doc: bytes = b'{"schemaVersion":2,"manifests":[]}') -> None:
+    s3.seed("app/oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    s3.seed("app/index.json", index_doc)
+    s3.seed(f"app/blobs/sha256/{blob_name(layer)}", layer)
+
+
+def test_a_layout_found_by_its_first_lookup_answers_its_files_and_blobs_without_a_request(tmp_path):
+    """The LIST that finds a directory lists every key below it: a cold `oras pull` makes one
+    HEAD and one LIST for all its lookups (the layout, its files, blobs/sha256, each blob)."""
     layer = body(MiB)
 
     async def go(r: Rig):
-        r.s3.seed("app/oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        r.s3.seed("app/index.json", b'{"schemaVersion":2,"manifests":[]}')
-        r.s3.seed(f"app/blobs/sha256/{blob_name(layer)}", layer)
+        seed_layout(r.s3, layer)
         for path in ["app/oci-layout", "app/index.json", f"app/blobs/sha256/{blob_name(layer)}"]:
             await r.lookup(path)
         with pytest.raises(pyfuse3.FUSEError):
             await r.lookup(f"app/blobs/sha256/{blob_name(b'other')}")  # absent: the listing says so
-        assert [c.key for c in r.s3.calls if c.op == "HeadObject"] == ["app", "app/blobs/sha256"]
+        assert [c.key for c in r.s3.calls if c.op == "HeadObject"] == ["app"]
+        assert len([c for c in r.s3.calls if c.op == "ListObjectsV2"]) == 1
         assert await r.read_file(f"app/blobs/sha256/{blob_name(layer)}") == layer
 
     run(go, tmp_path)
 
 
-def test_a_cold_lookup_of_a_blob_costs_two_round_trips(tmp_path):
-    """`oras pull` on a fresh mount: the layout's probe, then blobs/sha256's probe with the
-    gc marks views it needs fetched alongside (not one LIST after another)."""
+def test_a_tree_listed_by_a_probe_shows_what_each_directory_listing_would(tmp_path):
+    """Hidden names, markers, and a name that is both a file and a directory come out of the
+    one LIST without delimiter as they do from each directory's own delimited LIST."""
+
+    async def go(r: Rig):
+        for key in ["d/a.txt", "d/sub/b.txt", "d/sub/deeper/c.txt", "d/empty/", "d/both", "d/both/x",
+                    "d/sub/./hidden", "d/sub//hidden2"]:
+            r.s3.seed(key, b"x")
+        await r.lookup("d")
+        ns = r.ops.ns
+        r.s3.calls.clear()
+        shown = {}
+        for p in ["d", "d/sub", "d/sub/deeper", "d/empty", "d/both"]:
+            entries, _ = await ns.list_dir(ns.paths.get(p) or ns.node_for(p, None))
+            shown[p] = {name: ("dir" if e is None or getattr(e, "is_dir", False) else "file") for name, e in entries}
+        assert r.s3.calls == []
+        assert shown == {
+            "d": {"a.txt": "file", "sub": "dir", "empty": "dir", "both": "dir"},
+            "d/sub": {"b.txt": "file", "deeper": "dir"},
+            "d/sub/deeper": {"c.txt": "file"},
+            "d/empty": {},
+            "d/both": {"x": "file"},
+        }
+        assert "d/empty" in ns.markers
+
+    run(go, tmp_path)
+
+
+def test_a_directory_whose_tree_is_bigger_than_a_page_is_not_listed_by_its_probe(tmp_path):
+    async def go(r: Rig):
+        for i in range(1001):
+            r.s3.seed(f"big/blobs/sha256/{i:064x}", b"x")
+        await r.lookup(f"big/blobs/sha256/{5:064x}")
+        assert r.ops.ns._listing("big") is None
+        heads = [c.key for c in r.s3.calls if c.op == "HeadObject"]
+        assert heads[-1] == f"big/blobs/sha256/{5:064x}"  # asked, not taken from a partial list
+
+    run(go, tmp_path)
+
+
+def test_a_cold_pull_waits_one_round_trip_for_its_lookups_and_layout_files(tmp_path):
+    """The probe that finds a layout starts the GETs of oci-layout and index.json and the gc
+    marks views its blob lookups need, together: stat the layout, read both files, look a
+    blob up, in two round trips (a probe and one batch), not five in a row."""
     layer = body(1000)
 
     async def go(rigs: list[Rig]):
         r = rigs[0]
         r.ops.ns.gc_marks = GcMarks(r.s3, 1.0)
-        r.s3.seed("app/oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        r.s3.seed(f"app/blobs/sha256/{blob_name(layer)}", layer)
-        for op in ("HeadObject", "ListObjectsV2"):
+        seed_layout(r.s3, layer)
+        for op in ("HeadObject", "ListObjectsV2", "GetObject"):
             r.s3.delay(op, 1.0)
         t0 = trio.current_time()
+        await r.lookup("app")
+        assert await r.read_file("app/oci-layout") == b'{"imageLayoutVersion":"1.0.0"}'
+        assert await r.read_file("app/index.json") == b'{"schemaVersion":2,"manifests":[]}'
         await r.lookup(f"app/blobs/sha256/{blob_name(layer)}")
         assert trio.current_time() - t0 == pytest.approx(2.0)
+        assert len([c for c in r.s3.calls if c.op == "GetObject"]) == 2  # each file once
 
     run_mounts(go, tmp_path, 1, clock=trio.testing.MockClock(autojump_threshold=0))
 
