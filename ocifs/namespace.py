@@ -43,6 +43,12 @@ ROOT_INODE = 1
 LAYOUT_FILES = frozenset({"index.json", "oci-layout"})
 # Directory listings kept (for metadata_ttl), bounded by their total number of entries.
 MAX_LISTED_ENTRIES = 200_000
+# A name S3 just said is missing stays missing for this long without asking again: the kernel
+# looks a name up once more right after a stat found nothing when a mkdir or an O_EXCL create
+# follows (its negative entry does not count for those), and that second round trip was a
+# quarter of a small `oras push` into a new repository. Other mounts' creates are seen
+# --metadata-ttl late anyway (the kernel's own negative entries).
+NEGATIVE_REUSE = 0.1
 # Keys a probe's LIST asks for: a directory whose whole tree fits (an OCI layout of up to ~1,000
 # blobs) is listed, with every directory below it, by that one request (S3's page maximum).
 PROBE_KEYS = 1000
@@ -188,6 +194,7 @@ class Namespace:
         self._next_inode = ROOT_INODE + 1
         self._aliases: collections.OrderedDict[int, float] = collections.OrderedDict()  # inode -> since
         self._warned: cachetools.LRUCache[str, bool] = cachetools.LRUCache(10_000)
+        self._missing: cachetools.LRUCache[str, float] = cachetools.LRUCache(10_000)  # path -> since
         # Directories whose marker object ("dir/") this mount knows to exist.
         self.markers: set[str] = set()
         # Modes given to directories by mkdir/chmod (S3 keeps none): a node the kernel forgot
@@ -219,6 +226,7 @@ class Namespace:
             raise errors.NotFound(f"inode {inode} is not known") from None
 
     def _new_node(self, path: str, is_dir: bool) -> Node:
+        self._missing.pop(path, None)
         node = Node(self._next_inode, path, is_dir, self.dir_modes.get(path, self.dir_mode) if is_dir else self.file_mode)
         self._next_inode += 1
         self.nodes[node.inode] = node
@@ -325,7 +333,7 @@ class Namespace:
             info = await self.s3.head(self.key(node.path))
         except store.NotFound:
             self.note_removed(node.path)
-            self._forget_missing(node.path)
+            self._forget_missing(node.path, started)
             raise errors.NotFound(node.path) from None
         return self.node_for(node.path, info, started)
 
@@ -336,6 +344,9 @@ class Namespace:
         node = self.paths.get(path)
         if node is not None and (node.sessions or self.is_fresh(node)):
             return node
+        missing_since = self._missing.get(path)
+        if node is None and missing_since is not None and time.monotonic() - missing_since < NEGATIVE_REUSE:
+            raise errors.NotFound(path)
         listing = self._listing(parent.path)
         if listing is not None:
             if name in listing.entries:
@@ -353,14 +364,17 @@ class Namespace:
                 page = None if is_blob_path(path) else await self.s3.list_page(self.dir_key(path), delimiter=None, max_keys=1)
                 if page is not None and (page.objects or page.prefixes):
                     return self.node_for(path, None)
-                self._forget_missing(path)
+                self._forget_missing(path, started)
                 raise errors.NotFound(path) from None
         return await self._probe(path)
 
-    def _forget_missing(self, path: str) -> None:
+    def _forget_missing(self, path: str, since: float) -> None:
+        """S3 said ``path`` is missing in an answer to a request sent at ``since``."""
         old = self.paths.get(path)
         if old is not None and not old.sessions and not self._is_alias(old) and not old.local_dir:
             self._detach(old)
+        if self.paths.get(path) is None:
+            self._missing[path] = since
 
     async def _probe(self, path: str) -> Node:
         """Ask S3 whether ``path`` is a file, a directory, or nothing (HEAD + LIST at once)."""
@@ -406,7 +420,7 @@ class Namespace:
         old = self.paths.get(path)
         if old is not None and old.local_dir:
             return old  # made by this mount's mkdir; its marker is on its way
-        self._forget_missing(path)
+        self._forget_missing(path, started)
         raise errors.NotFound(path)
 
     async def revalidate(self, node: Node, force: bool = False, need_meta: bool = True) -> None:

@@ -798,3 +798,29 @@ def test_a_piece_that_finds_the_object_changed_is_an_answer_not_a_failure(tmp_pa
         await r.close(fh)
 
     run(go, tmp_path, chunk_size=8 * MiB)
+
+
+def test_a_name_just_found_missing_is_not_asked_for_again_at_once(tmp_path):
+    """stat then mkdir (os.MkdirAll, oras's first step into a new repository): the kernel
+    looks the name up again for the mkdir; S3 answered "missing" a moment ago, so it is not
+    asked again. Creating the name ends that at once; after NEGATIVE_REUSE S3 is asked again."""
+
+    async def go(r: Rig):
+        def requests() -> int:
+            return len([c for c in r.s3.calls if c.op in ("HeadObject", "ListObjectsV2")])
+
+        for name in ("app", "other"):
+            with pytest.raises(pyfuse3.FUSEError):
+                await r.lookup(name)
+        asked = requests()
+        with pytest.raises(pyfuse3.FUSEError):
+            await r.lookup("app")
+        assert requests() == asked
+        await r.mkdir("app")
+        await r.lookup("app")
+        await trio.sleep(0.15)
+        r.s3.seed("other/x", b"x")  # made by another mount meanwhile
+        await r.lookup("other")
+        assert requests() > asked
+
+    run(go, tmp_path)
