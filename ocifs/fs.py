@@ -30,7 +30,7 @@ from ocifs.content import Version
 from ocifs.diskcache import DiskCache
 from ocifs.files import Files
 from ocifs.gcmarks import GcMarks
-from ocifs.layout import join, name_to_str, parent_of
+from ocifs.layout import basename, join, name_to_str, parent_of
 from ocifs.markers import Markers
 from ocifs.namespace import LAYOUT_FILES, Entry, Namespace, Node
 from ocifs.publish import Publisher
@@ -154,6 +154,11 @@ class Operations(pyfuse3.Operations):
             info = entries.get(name)
             if info is not None:
                 self.reader.prefetch_whole(Version(self.ns.key(join(path, name)), info.etag, info.size))
+        self._warm_layout(path)
+
+    def _warm_layout(self, path: str) -> None:
+        """Refresh, in the background, the gc marks views the blob lookups of the layout at
+        ``path`` will check."""
         marks, group = self.ns.gc_marks, self.reader.group
         if marks is not None and group is not None and not group.closed:
             group.start_soon(self._warm_marks, marks, self.ns.dir_key(path))
@@ -395,6 +400,8 @@ class Operations(pyfuse3.Operations):
         parent = self.ns.get(parent_inode)
         owner = self.owner(ctx)
         h = await self.files.create(parent, name_to_str(name), mode, flags, owner)
+        if basename(h.node.path) == "oci-layout":
+            self._warm_layout(parent.path)  # a new layout: its blob lookups come next
         return self._file_info(h.fh), self.attrs(h.node, owner)
 
     @fuse_op

@@ -824,3 +824,23 @@ def test_a_name_just_found_missing_is_not_asked_for_again_at_once(tmp_path):
         assert requests() > asked
 
     run(go, tmp_path)
+
+
+def test_a_new_layout_fetches_the_gc_views_of_its_blobs_while_it_is_being_made(tmp_path):
+    """oras into a new repository: mkdir, write oci-layout, write index.json, then push each
+    blob, and each blob publish first checks the gc marks views. Those are fetched from the
+    oci-layout create on, so the first blob's publish waits on no LIST."""
+
+    async def go(rigs: list[Rig]):
+        r = rigs[0]
+        marks = GcMarks(r.s3, 10.0)
+        r.ops.ns.gc_marks = marks
+        await r.mkdir("app")
+        r.s3.delay("ListObjectsV2", 1.0)
+        await r.write_file("app/oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        await trio.sleep(1.5)  # the client writes index.json meanwhile
+        t0 = trio.current_time()
+        await marks.keep_if_condemned(f"app/blobs/sha256/{blob_name(b'layer')}", t0)
+        assert trio.current_time() - t0 == 0
+
+    run_mounts(go, tmp_path, 1, clock=trio.testing.MockClock(autojump_threshold=0))
