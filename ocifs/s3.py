@@ -194,9 +194,18 @@ class S3:
         self._client = await ctx.__aenter__()
         self._client.meta.events.register("needs-retry.s3", self._needs_retry)
         self._credentials = await session.get_credentials()
-        if self._credentials is not None and self.data_plane_mode != "aiobotocore":
+
+    async def _start_signing(self) -> None:
+        """Frozen credentials for the data plane to sign with, refreshed in the background.
+        Only a mount opens the plane: ls, gc, fsck and doctor start no refresher."""
+        if self._credentials is not None and self._refresher is None:
             await self._refresh_credentials()
             self._refresher = asyncio.get_running_loop().create_task(self._keep_credentials_fresh())
+
+    async def _stop_signing(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
 
     async def _refresh_credentials(self) -> None:
         fc = await self._credentials.get_frozen_credentials()
@@ -213,7 +222,6 @@ class S3:
     def _signing_credentials(self) -> tuple[str, str, str | None]:
         assert self._frozen is not None
         return self._frozen
-        self._client.meta.events.register("needs-retry.s3", self._needs_retry)
 
     def _needs_retry(self, attempts: int = 0, **kw: Any) -> float | None:
         """botocore asks after every attempt whether to retry. Its own (standard mode) handler
@@ -229,9 +237,7 @@ class S3:
         return None
 
     async def _close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            self._refresher = None
+        await self._stop_signing()
         if self._exit_stack is not None:
             await self._exit_stack.__aexit__(None, None, None)
             self._exit_stack = None
@@ -244,7 +250,10 @@ class S3:
     def open_data_plane_blocking(self) -> None:
         """Bulk transfers on the native data plane, if it works here (else they stay put)."""
         if self.data_plane_mode != "aiobotocore":
+            self._aio.run_blocking(self._start_signing(), timeout=60)
             self.plane = self._open_plane()
+            if self.plane is None:
+                self._aio.run_blocking(self._stop_signing(), timeout=10)
 
     def _open_plane(self) -> HttpDataPlane | None:
         """The native data plane, if it answers one probe exactly as aiobotocore does (same

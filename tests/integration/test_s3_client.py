@@ -39,3 +39,19 @@ def test_a_retried_create_never_aborts_another_hosts_upload_of_the_same_key(buck
     assert s3.stats["requests.AbortMultipartUpload"] == 0
     for upload_id in live:
         bucket.s3.client.abort_multipart_upload(Bucket=bucket.name, Key=key, UploadId=upload_id)
+
+
+def test_only_a_client_that_opens_the_data_plane_refreshes_its_credentials(bucket, monkeypatch):
+    """ls, gc, fsck and doctor open the client and never the data plane: no refresher task
+    (a credentials call and an idle task per command, before)."""
+    for name, value in bucket.s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3 = S3(Config(bucket=bucket.name, endpoint_url=bucket.s3.endpoint, region=REGION))
+    s3.open_blocking()
+    try:
+        assert s3._refresher is None and s3.plane is None
+        s3.open_data_plane_blocking()
+        assert s3.plane is not None and s3._refresher is not None
+    finally:
+        s3.close_blocking()
+    assert s3._refresher is None
