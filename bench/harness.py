@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network profile (toxiproxy in front of MinIO; loopback: no proxy)")
     r.add_argument("--endpoint-url", default=None, help="benchmark a real S3 endpoint instead (no proxy; AWS_* creds; needs --bucket)")
     r.add_argument("--bucket", default=None, help="bucket on --endpoint-url (objects are written under bench-* names and deleted)")
-    r.add_argument("--targets", default=",".join(targets.ALL), help="comma list (default: all)")
+    r.add_argument("--targets", default=",".join(targets.DEFAULT),
+                   help=f"comma list of {', '.join(targets.ALL)} (default: {', '.join(targets.DEFAULT)})")
     r.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma list (default: all)")
     r.add_argument("--quick", action="store_true", help="CI smoke: small sizes, 1 repetition, < 10 min")
     r.add_argument("--full", action="store_true", help="add the 2 GiB blob")
