@@ -253,9 +253,7 @@ class GcMarks:
         self._note_answered(key)
         with trio.move_on_after(MAX_WAIT) as scope:
             if len(prefixes) > 1:  # the bucket's and the layout's: one round trip, not two
-                async with trio.open_nursery() as nursery:
-                    for p in prefixes:
-                        nursery.start_soon(self._warm, p)
+                await self._warm_all(prefixes)
             for p in prefixes:
                 view = await self._view(p)
                 for seen in list(view.marks.values()):
@@ -276,16 +274,20 @@ class GcMarks:
     async def prefetch_for_layout(self, root: str) -> None:
         """Refresh the views watching the blobs of the layout at key prefix ``root`` ("app/"),
         e.g. while a client reads its index.json. Errors are left to the blob lookups."""
-        async with trio.open_nursery() as nursery:
-            for p in _prefixes_above(root):
-                nursery.start_soon(self._warm, p)
+        await self._warm_all(_prefixes_above(root))
 
     # --- view ---------------------------------------------------------------------------------
-    async def _warm(self, prefix: str) -> None:
-        """Refresh a view ahead of the loop that uses it; a failure is the loop's to report
-        (it asks again), so no error leaves here wrapped in a task group."""
-        with contextlib.suppress(store.StoreError):
-            await self._view(prefix)
+    async def _warm_all(self, prefixes: list[str]) -> None:
+        """Refresh these views at once, ahead of whoever uses them. A failure is that user's
+        to report (it asks again), so no error leaves here wrapped in a task group."""
+
+        async def warm(prefix: str) -> None:
+            with contextlib.suppress(store.StoreError):
+                await self._view(prefix)
+
+        async with trio.open_nursery() as nursery:
+            for p in prefixes:
+                nursery.start_soon(warm, p)
 
     async def _view(self, prefix: str) -> _View:
         view = self._views.setdefault(prefix, _View())
