@@ -492,12 +492,17 @@ class Namespace:
                 name = obj.key[len(prefix) :]
                 if self._visible(obj.key, name, path):
                     files[name] = obj
+        return self._merged(entries, files, started)
+
+    def _merged(self, dirs: dict[str, Entry], files: dict[str, ObjectInfo], started: float) -> _Listing:
+        """One directory's listing from its subdirectories and files: a name that is both an
+        object and a prefix shows as the directory (the object is hidden, with a warning)."""
         for name, obj in files.items():
-            if name in entries:
+            if name in dirs:
                 self._warn_once(obj.key, "is both an object and a prefix; the object is hidden")
             else:
-                entries[name] = obj
-        return _Listing(entries, started)
+                dirs[name] = obj
+        return _Listing(dirs, started)
 
     def _tree_from(self, path: str, objects: list[ObjectInfo], started: float) -> dict[str, _Listing]:
         """The listings of directory ``path`` and of every directory below it, from all the
@@ -525,15 +530,7 @@ class Namespace:
                 parent = join(parent, name)
                 dirs.setdefault(parent, {})
                 files.setdefault(parent, {})
-        out: dict[str, _Listing] = {}
-        for d, entries in dirs.items():
-            for name, obj in files[d].items():
-                if name in entries:
-                    self._warn_once(obj.key, "is both an object and a prefix; the object is hidden")
-                else:
-                    entries[name] = obj
-            out[d] = _Listing(entries, started)
-        return out
+        return {d: self._merged(entries, files[d], started) for d, entries in dirs.items()}
 
     def _keep_listing(self, path: str, listing: _Listing) -> None:
         try:
