@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import trio
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -42,8 +43,6 @@ async def wait_future(fut: "concurrent.futures.Future[T]", on_cancel: Callable[[
             on_cancel()
         raise
     return fut.result()
-
-log = logging.getLogger(__name__)
 
 
 class TaskGroup:
