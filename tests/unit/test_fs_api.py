@@ -600,6 +600,35 @@ def test_a_tag_deleted_after_the_kernel_forgot_index_json_stays_deleted(tmp_path
     run(go, tmp_path, metadata_ttl=0)
 
 
+def test_a_write_that_must_wait_answers_eio_at_the_deadline_and_the_mount_lives_on(tmp_path):
+    """Most writes stage without awaiting and run outside any deadline scope (fs.write); the
+    two that wait, for a base chunk to copy-on-write and for a part slot while S3 hangs, still
+    end at op_timeout with EIO, and the next file writes and publishes."""
+    base = body(3 * MiB, 17)
+
+    async def go(r: Rig):
+        r.s3.seed("old", base)
+        fh = await r.open("old", os.O_WRONLY, pid=A)
+        r.s3.freeze("GetObject")
+        await fails_with(errno.EIO, r.ops.write(fh, MiB + 5, b"patch"))  # needs chunk 1 of the base
+        r.s3.thaw()
+        await r.ops.release(fh)
+
+        r.s3.freeze("UploadPart")
+        fh = await r.open("big", os.O_WRONLY | os.O_CREAT, pid=B)
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            for off in range(0, 64 * MiB, MiB):  # parts pile up until the writer must wait
+                await r.ops.write(fh, off, body(MiB, off))
+        assert caught.value.errno == errno.EIO
+        r.s3.thaw()
+        await r.ops.release(fh)
+
+        await r.write_file("after", b"still here")
+        assert r.obj("after") == b"still here"
+
+    run(go, tmp_path, op_timeout=1)
+
+
 def test_a_read_waiting_on_a_read_ahead_that_timed_out_answers_eio_and_the_mount_lives_on(tmp_path):
     """The read-ahead GET times out first; the read that waited for it must get its own answer
     (the old cache re-raised the read-ahead's Cancelled in the reader: the FUSE loop ended)."""
