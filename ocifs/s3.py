@@ -36,6 +36,7 @@ import aiohttp
 import trio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
+from botocore.handlers import add_expect_header
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -193,6 +194,12 @@ class S3:
         self._exit_stack = ctx
         self._client = await ctx.__aenter__()
         self._client.meta.events.register("needs-retry.s3", self._needs_retry)
+        # botocore asks for "Expect: 100-continue" on every PutObject and UploadPart: the
+        # server answers the headers before the body is sent, one more round trip per request
+        # (measured through a 25 ms link: a small PUT 60 ms instead of 37; an `oras push`
+        # closes seven files in a row). ocifs's bodies are at most a part; a request refused
+        # late costs that part's bytes once, never a round trip on every write.
+        self._client.meta.events.unregister("before-call.s3", add_expect_header)
         self._credentials = await session.get_credentials()
 
     async def _start_signing(self) -> None:

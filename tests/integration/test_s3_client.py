@@ -55,3 +55,27 @@ def test_only_a_client_that_opens_the_data_plane_refreshes_its_credentials(bucke
     finally:
         s3.close_blocking()
     assert s3._refresher is None
+
+
+def test_a_put_sends_its_body_without_waiting_for_100_continue(bucket, monkeypatch):
+    """botocore asks for `Expect: 100-continue` on every PutObject: one more round trip per PUT
+    (a 25 ms link made each small PUT 60 ms instead of 37, and `oras push` closes seven files in
+    a row). ocifs's client sends the body at once, and the object is stored whole."""
+    for name, value in bucket.s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3 = S3(Config(bucket=bucket.name, endpoint_url=bucket.s3.endpoint, region=REGION))
+    s3.open_blocking()
+    sent: list[dict[str, str]] = []
+    s3._client.meta.events.register("before-send.s3.PutObject", lambda request, **kw: sent.append(dict(request.headers)))
+
+    async def main() -> str:
+        s3.limiter = trio.CapacityLimiter(4)
+        return await s3.put("app/index.json", b'{"schemaVersion":2,"manifests":[]}', {})
+
+    try:
+        trio.run(main)
+    finally:
+        s3.close_blocking()
+    assert len(sent) == 1 and not any(k.lower() == "expect" for k in sent[0]), sent
+    got = bucket.s3.client.get_object(Bucket=bucket.name, Key="app/index.json")["Body"].read()
+    assert got == b'{"schemaVersion":2,"manifests":[]}'
