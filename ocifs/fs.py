@@ -30,13 +30,13 @@ from ocifs.content import Version
 from ocifs.diskcache import DiskCache
 from ocifs.files import Files
 from ocifs.gcmarks import GcMarks
-from ocifs.layout import basename, join, name_to_str, parent_of
+from ocifs.layout import basename, blob_digest, join, name_to_str, parent_of
 from ocifs.markers import Markers
 from ocifs.namespace import LAYOUT_FILES, Entry, Namespace, Node
 from ocifs.publish import Publisher
 from ocifs.reader import Reader
 from ocifs.session import Owner
-from ocifs.store import ObjectStore
+from ocifs.store import ObjectInfo, ObjectStore
 from ocifs.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,12 @@ IMMUTABLE_TIMEOUT = 3600.0
 # requests instead of 4 KiB ones for readers of direct-I/O files.
 BLKSIZE = 1 * MiB
 RENAME_NOREPLACE = 1
+# A layout found by a lookup gets its small blobs (manifests, configs: what a client reads right
+# after index.json, one round trip later) fetched along, when there are at most this many: a
+# CI runner's layout holds one image or a few; a registry's repository may hold thousands of
+# manifests, and which one a client wants is a guess.
+SMALL_BLOB = 64 * 1024
+SMALL_BLOBS_AT_MOST = 8
 
 # Operations that publish (or copy) content: whatever S3 said, the caller hears EIO.
 _PUBLISHING = frozenset({"flush", "fsync", "release", "setattr", "rename", "create"})
@@ -150,14 +156,31 @@ class Operations(pyfuse3.Operations):
 
     def _layout_found(self, path: str, entries: dict[str, Entry]) -> None:
         """A lookup just listed the OCI layout at ``path`` whole. While the client reads its
-        oci-layout, fetch what it asks for next: index.json and oci-layout into the cache,
-        and the gc marks views that its blob lookups check (a cold `oras pull` then waits on
-        neither)."""
+        oci-layout, fetch what it asks for next: index.json, oci-layout and the small blobs
+        (manifests, configs) into the cache, and the gc marks views that its blob lookups
+        check (a cold `oras pull` then waits on none of them)."""
         for name in LAYOUT_FILES:
             info = entries.get(name)
             if info is not None:
                 self.reader.prefetch_whole(Version(self.ns.key(join(path, name)), info.etag, info.size))
+        for blob, info in self._small_blobs(path):
+            self.reader.prefetch_whole(Version(self.ns.key(blob), info.etag, info.size))
         self._warm_layout(path)
+
+    def _small_blobs(self, path: str) -> list[tuple[str, ObjectInfo]]:
+        """The blobs of the layout at ``path`` that its listing shows at most SMALL_BLOB big,
+        if there are at most SMALL_BLOBS_AT_MOST (else none). Fetched with index.json, the
+        manifest `oras pull` reads next is in memory when it asks (a trace: the manifest's GET
+        began only once index.json was read, 35 ms later through a 25 ms link)."""
+        out = []
+        blobs = join(path, "blobs")
+        for alg, entry in (self.ns.listed_entries(blobs) or {}).items():
+            if entry is None:  # a directory: blobs/<algorithm>
+                d = join(blobs, alg)
+                out += [(join(d, n), i) for n, i in (self.ns.listed_entries(d) or {}).items() if i is not None and 0 < i.size <= SMALL_BLOB]
+        if len(out) > SMALL_BLOBS_AT_MOST:
+            return []
+        return [(p, i) for p, i in out if (d := blob_digest(p)) is not None and not (self.disk is not None and self.disk.has(d))]
 
     def _warm_layout(self, path: str) -> None:
         """Refresh, in the background, the gc marks views the blob lookups of the layout at

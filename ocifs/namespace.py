@@ -317,6 +317,11 @@ class Namespace:
             return listing
         return None
 
+    def listed_entries(self, path: str) -> dict[str, Entry] | None:
+        """The entries of a fresh listing of directory ``path`` (None: none fresh)."""
+        listing = self._listing(path)
+        return dict(listing.entries) if listing is not None else None
+
     # --- lookups ----------------------------------------------------------------------------
     async def lookup(self, parent: Node, name: str) -> Node:
         node = await self._lookup(parent, name)

@@ -724,7 +724,7 @@ def test_a_cold_pull_waits_one_round_trip_for_its_lookups_and_layout_files(tmp_p
     """The probe that finds a layout starts the GETs of oci-layout and index.json and the gc
     marks views its blob lookups need, together: stat the layout, read both files, look a
     blob up, in two round trips (a probe and one batch), not five in a row."""
-    layer = body(1000)
+    layer = body(100_000)  # bigger than a small blob: not fetched ahead
 
     async def go(rigs: list[Rig]):
         r = rigs[0]
@@ -741,6 +741,71 @@ def test_a_cold_pull_waits_one_round_trip_for_its_lookups_and_layout_files(tmp_p
         assert len([c for c in r.s3.calls if c.op == "GetObject"]) == 2  # each file once
 
     run_mounts(go, tmp_path, 1, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def image(layer: bytes) -> tuple[bytes, bytes]:
+    """A manifest of one layer, and an index.json that tags it."""
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "layers": [{"mediaType": "application/octet-stream", "digest": "sha256:" + blob_name(layer),
+                                       "size": len(layer)}]}).encode()
+    doc = json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + blob_name(manifest),
+         "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}).encode()
+    return manifest, doc
+
+
+def test_a_layout_found_by_a_lookup_brings_its_manifest_along(tmp_path):
+    """`oras pull` reads the manifest one round trip after index.json: the probe that finds
+    the layout fetches its few small blobs (manifest, config) with index.json, so reading the
+    manifest asks S3 nothing; a layer (bigger) is not fetched before it is read."""
+    layer = body(100_000)
+    manifest, doc = image(layer)
+    manifest_key = f"app/blobs/sha256/{blob_name(manifest)}"
+
+    async def go(r: Rig):
+        seed_layout(r.s3, layer, doc)
+        r.s3.seed(manifest_key, manifest)
+        await r.lookup("app")
+        await trio.testing.wait_all_tasks_blocked()
+        gets = [c.key for c in r.s3.calls if c.op == "GetObject"]
+        assert sorted(gets) == ["app/blobs/sha256/" + blob_name(manifest), "app/index.json", "app/oci-layout"], gets
+        assert await r.read_file(manifest_key) == manifest
+        assert len([c for c in r.s3.calls if c.op == "GetObject"]) == len(gets)
+
+    run(go, tmp_path)
+
+
+def test_a_layout_with_many_small_blobs_has_none_fetched_ahead(tmp_path):
+    """A registry's many-tag repository (zot walks every one at startup): which manifest a
+    client wants is a guess, so none is fetched before it is read."""
+    manifests = [json.dumps({"schemaVersion": 2, "n": i}).encode() for i in range(9)]
+
+    async def go(r: Rig):
+        seed_layout(r.s3, body(100_000))
+        for m in manifests:
+            r.s3.seed(f"app/blobs/sha256/{blob_name(m)}", m)
+        await r.lookup("app")
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(c.key for c in r.s3.calls if c.op == "GetObject") == ["app/index.json", "app/oci-layout"]
+
+    run(go, tmp_path)
+
+
+def test_a_small_blob_already_in_the_disk_cache_is_not_fetched_ahead(tmp_path):
+    layer = body(100_000)
+    manifest, doc = image(layer)
+
+    async def go(r: Rig):
+        seed_layout(r.s3, layer, doc)
+        r.s3.seed(f"app/blobs/sha256/{blob_name(manifest)}", manifest)
+        on_disk = r.ops.disk.path(("sha256", blob_name(manifest)))
+        on_disk.parent.mkdir(parents=True, exist_ok=True)
+        on_disk.write_bytes(manifest)
+        await r.lookup("app")
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(c.key for c in r.s3.calls if c.op == "GetObject") == ["app/index.json", "app/oci-layout"]
+
+    run(go, tmp_path, disk_cache=tmp_path / "disk")
 
 
 def test_a_file_this_mount_published_while_a_listing_was_in_flight_is_not_forgotten(tmp_path):
