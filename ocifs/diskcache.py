@@ -334,10 +334,6 @@ class DiskCache:
     def path(self, digest: Digest) -> Path:
         return self.root / digest[0] / digest[1]
 
-    def has(self, digest: Digest) -> bool:
-        """Whether the blob is on disk (one stat; a prefetch from S3 would be wasted)."""
-        return self.path(digest).exists()
-
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """The cache-wide lock (flock: every process sharing the directory). A new open file

@@ -163,8 +163,9 @@ class Operations(pyfuse3.Operations):
             info = entries.get(name)
             if info is not None:
                 self.reader.prefetch_whole(Version(self.ns.key(join(path, name)), info.etag, info.size))
-        for blob, info in self._small_blobs(path):
-            self.reader.prefetch_whole(Version(self.ns.key(blob), info.etag, info.size))
+        if self.disk is None:  # with --disk-cache, blobs come from disk (a GET would be wasted)
+            for blob, info in self._small_blobs(path):
+                self.reader.prefetch_whole(Version(self.ns.key(blob), info.etag, info.size))
         self._warm_layout(path)
 
     def _small_blobs(self, path: str) -> list[tuple[str, ObjectInfo]]:
@@ -178,9 +179,7 @@ class Operations(pyfuse3.Operations):
             if entry is None:  # a directory: blobs/<algorithm>
                 d = join(blobs, alg)
                 out += [(join(d, n), i) for n, i in (self.ns.listed_entries(d) or {}).items() if i is not None and 0 < i.size <= SMALL_BLOB]
-        if len(out) > SMALL_BLOBS_AT_MOST:
-            return []
-        return [(p, i) for p, i in out if (d := blob_digest(p)) is not None and not (self.disk is not None and self.disk.has(d))]
+        return [(p, i) for p, i in out if blob_digest(p) is not None] if len(out) <= SMALL_BLOBS_AT_MOST else []
 
     def _warm_layout(self, path: str) -> None:
         """Refresh, in the background, the gc marks views the blob lookups of the layout at

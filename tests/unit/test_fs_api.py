@@ -791,16 +791,15 @@ def test_a_layout_with_many_small_blobs_has_none_fetched_ahead(tmp_path):
     run(go, tmp_path)
 
 
-def test_a_small_blob_already_in_the_disk_cache_is_not_fetched_ahead(tmp_path):
+def test_with_a_disk_cache_no_small_blob_is_fetched_ahead(tmp_path):
+    """--disk-cache serves blobs from disk: a GET ahead of the read would mostly be wasted
+    (oras's empty config, which it never reads, would be fetched on every remount)."""
     layer = body(100_000)
     manifest, doc = image(layer)
 
     async def go(r: Rig):
         seed_layout(r.s3, layer, doc)
         r.s3.seed(f"app/blobs/sha256/{blob_name(manifest)}", manifest)
-        on_disk = r.ops.disk.path(("sha256", blob_name(manifest)))
-        on_disk.parent.mkdir(parents=True, exist_ok=True)
-        on_disk.write_bytes(manifest)
         await r.lookup("app")
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(c.key for c in r.s3.calls if c.op == "GetObject") == ["app/index.json", "app/oci-layout"]
