@@ -289,14 +289,12 @@ class Files:
         return len(data)
 
     async def write(self, fh: int, off: int, data: bytes | memoryview) -> int:
-        n = self.write_nowait(fh, off, data)
-        if n is None:
-            h, s, data = self._writable(fh, off, data)
+        h, s, data = self._writable(fh, off, data)
+        if not s.write_nowait(off, data):
             await s.write(off, data)
-            self._wrote(h)
-            n = len(data)
+        self._wrote(h)
         await self.pump(fh)
-        return n
+        return len(data)
 
     def pump_due(self, fh: int) -> bool:
         """A full part of ``fh``'s pending version can be sent (see :meth:`pump`)."""
