@@ -20,7 +20,8 @@ import collections
 import logging
 import stat
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import cachetools
@@ -317,10 +318,10 @@ class Namespace:
             return listing
         return None
 
-    def listed_entries(self, path: str) -> dict[str, Entry] | None:
-        """The entries of a fresh listing of directory ``path`` (None: none fresh)."""
+    def listed_entries(self, path: str) -> Mapping[str, Entry] | None:
+        """The entries of a fresh listing of directory ``path``, read-only (None: none fresh)."""
         listing = self._listing(path)
-        return dict(listing.entries) if listing is not None else None
+        return types.MappingProxyType(listing.entries) if listing is not None else None
 
     # --- lookups ----------------------------------------------------------------------------
     async def lookup(self, parent: Node, name: str) -> Node:

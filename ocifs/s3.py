@@ -36,7 +36,6 @@ import aiohttp
 import trio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
-from botocore.handlers import add_expect_header
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -45,6 +44,7 @@ from botocore.exceptions import (
     ParamValidationError,
     PartialCredentialsError,
 )
+from botocore.handlers import add_expect_header
 
 from ocifs import errors, store, trace
 from ocifs.config import Config
