@@ -226,10 +226,11 @@ def run(args) -> int:
     units.sort(key=lambda u: (0, cases.index(u[1]), u[2]) if u[0] == "blob" else (9, 0, u[2]))
     for rep in range(reps):
         order = tgts[rep % len(tgts):] + tgts[: rep % len(tgts)] if tgts else []
+        s3_order = [t for t in order if t.kind != "local"]  # oras-local runs the blob workloads only
         if fio_w:
-            units += [("fio", None, rep, t) for t in order]
+            units += [("fio", None, rep, t) for t in s3_order]
         if meta_w:
-            units += [("meta", None, rep, t) for t in order]
+            units += [("meta", None, rep, t) for t in s3_order]
 
     if "zot-pull" in want:
         units += zot_pull.units(cases, reps, tgts, ctx)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.common import (
     MiB, REPO, Endpoint, OcifsMount, boto_client, children_cpu_seconds, delete_prefix, drop_caches,
-    peak_rss_bytes, proc_cpu_seconds, reset_peak_rss, start_minio, tool,
+    peak_rss_bytes, proc_cpu_seconds, reset_peak_rss, start_minio, tool, warm_files,
 )
 from bench.data import Pattern, sha256_file
 from bench.netem import PROFILES, start_toxiproxy
@@ -217,6 +217,7 @@ def push(lab: Lab, m: OcifsMount, blobs: Blobs, repo: str, home: Path) -> dict:
     """``oras push --oci-layout`` until every blob is in S3 (polled directly)."""
     names = [f"{p.name}:{MEDIA}" for p, _ in blobs.files]
     expected = {f"{repo}/blobs/sha256/{d}": blobs.size for _, d in blobs.files}
+    warm_files(p for p, _ in blobs.files)
     probe = Probe(lab, m.pid)
     oras_s = oras("push", "--oci-layout", f"{m.path}/{repo}:v1", *names, cwd=blobs.files[0][0].parent, home=home)
     wait = lab.wait_keys(expected)

@@ -27,8 +27,9 @@ def _case_key(s: dict) -> tuple[int, int]:
     return (count > 1, s["size_bytes"] * count)
 
 
-def sections(out: Path, summary: list[dict], runs: list[dict]) -> list[str]:
+def sections(out: Path, summary: list[dict], runs: list[dict], mach: dict | None = None) -> list[str]:
     by = {(s["workload"], s["case"], s["target"]): s for s in summary}
+    latency = first_byte_latency(mach or {})
     targets = [t for t in ALL if any(s["target"] == t for s in summary)]
     L: list[str] = []
     for w in WORKLOADS:
@@ -41,7 +42,13 @@ def sections(out: Path, summary: list[dict], runs: list[dict]) -> list[str]:
         L.append(f"## {w}: MiB/s (ratio to the best raw client) and the goal\n")
         L.append(f"Each cell: median MiB/s and, in parentheses, its ratio to the faster of `raw` (aiobotocore) and "
                  f"`s5cmd` in that column. The `goal` row is {GOAL}x of that; ocifs cells say **goal** when they reach it "
-                 "and **< peer** when a FUSE peer was faster.\n")
+                 "and **< peer** when a FUSE peer was faster."
+                 + (" `oras-local` is oras on a local-disk layout (no S3). The `oras floor` row is the most any "
+                    "filesystem under `oras push` can reach: oras reads and hashes every file before it writes a "
+                    "byte (oras-local's prepass), only then can an upload start, at best at the faster raw "
+                    f"client's pace, and a close that means \"in S3\" waits one response ({latency * 1000:.0f} ms "
+                    f"here) for each of the {SERIAL_CLOSES} small files oras closes one after another."
+                    if w == "push" else "") + "\n")
         L.append("| target | " + " | ".join(cases) + " |")
         L.append("|---|" + "---|" * len(cases))
         for t in targets:
@@ -60,6 +67,8 @@ def sections(out: Path, summary: list[dict], runs: list[dict]) -> list[str]:
                 cells.append(cell)
             L.append(f"| {t} | " + " | ".join(cells) + " |")
         L.append(f"| goal ({GOAL}x best raw) | " + " | ".join(f"{GOAL * best_raw[c]:.1f}" if best_raw[c] else "—" for c in cases) + " |")
+        if w == "push":
+            L += _floor_rows(by, cases, latency)
         L.append("")
     L += cpu_table(summary, targets)
     plots = plot(out, summary, by, targets)
@@ -68,6 +77,43 @@ def sections(out: Path, summary: list[dict], runs: list[dict]) -> list[str]:
         L += [f"![{p}]({p})" for p in plots]
         L.append("")
     return L
+
+
+# `oras push` closes these files one after another, each close a PUT that must be answered
+# before it returns: oci-layout and index.json before the first blob byte, the manifest and
+# index.json twice after the last (the config goes up beside the blob). The raw clients have none.
+SERIAL_CLOSES = 5
+
+
+def first_byte_latency(mach: dict) -> float:
+    """Seconds the profile's toxics add to every response (0 without a proxy)."""
+    return sum(t.get("attributes", {}).get("latency", 0) for t in mach.get("toxics") or []
+               if t.get("type") == "latency") / 1000
+
+
+def push_floor(by: dict, case: str, latency: float = 0.0) -> float | None:
+    """MiB/s that no filesystem under `oras push` can beat: oras reads and hashes every file
+    before it writes a byte (``oras-local``'s ``prepass_seconds``), and only then can anything
+    be uploaded, at best as fast as the faster raw client moves the same bytes; a filesystem
+    whose close means "in S3" then adds one response ``latency`` per serial small close."""
+    local = by.get(("push", case, "oras-local"))
+    raws = [by[("push", case, t)] for t in RAW if ("push", case, t) in by and by[("push", case, t)].get("median_seconds")]
+    if not local or local.get("median_prepass_seconds") is None or not raws or not local.get("median_mibps"):
+        return None
+    total_mib = local["median_mibps"] * local["median_seconds"]
+    seconds = local["median_prepass_seconds"] + min(r["median_seconds"] for r in raws) + SERIAL_CLOSES * latency
+    return total_mib / seconds
+
+
+def _floor_rows(by: dict, cases: list[str], latency: float) -> list[str]:
+    floors = {c: push_floor(by, c, latency) for c in cases}
+    if not any(floors.values()):
+        return []
+    oc = {c: (by.get(("push", c, "ocifs")) or {}).get("median_mibps") for c in cases}
+    return [
+        "| oras floor: prepass + best raw + closes | " + " | ".join(f"{floors[c]:.1f}" if floors[c] else "—" for c in cases) + " |",
+        "| ocifs / oras floor | " + " | ".join(f"{oc[c] / floors[c]:.2f}" if floors[c] and oc[c] else "—" for c in cases) + " |",
+    ]
 
 
 def cpu_per_gib(summary: list[dict], targets: list[str]) -> dict[tuple[str, str], dict[str, float]]:

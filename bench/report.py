@@ -49,6 +49,9 @@ def summarize(runs: list[dict]) -> list[dict]:
             "median_client_cpu_s": round(median(ccpu), 3) if ccpu else None,
             "median_server_cpu_s": _median_of(ok, "server_cpu_s"),
         }
+        pre = [r["extra"]["prepass_seconds"] for r in ok if r.get("extra", {}).get("prepass_seconds") is not None]
+        if pre:
+            rec["median_prepass_seconds"] = round(median(pre), 3)
         amp = [r["extra"].get("s3_bytes_per_byte_read") for r in ok if r.get("extra", {}).get("s3_bytes_per_byte_read")]
         if amp:
             rec["median_s3_bytes_per_byte_read"] = median(amp)
@@ -182,7 +185,7 @@ def build(out: Path) -> None:
         for p in plots:
             L.append(f"![{p}]({p})")
         L.append("")
-    L += perfreport.sections(out, summary, runs)
+    L += perfreport.sections(out, summary, runs, mach)
     L.append("## Machine and tools\n")
     L.append("```json")
     L.append(json.dumps({k: mach.get(k) for k in ("nproc", "cpu", "memory", "kernel", "os", "versions", "flags", "toxics")},
@@ -218,7 +221,7 @@ def make_plots(out: Path, summary: list[dict]) -> list[str]:
             lo = [p[1] - p[2] for p in pts]
             hi = [p[3] - p[1] for p in pts]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=t,
-                        linestyle="--" if t in ("raw", "s5cmd") else "-")
+                        linestyle="--" if t in ("raw", "s5cmd", "oras-local") else "-")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("blob size (MiB)")
         ax.set_ylabel("MiB/s (median, min–max)")

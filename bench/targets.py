@@ -32,7 +32,7 @@ class Ctx:
 
 class Target:
     name = "?"
-    kind = "fuse"  # or "raw"
+    kind = "fuse"  # or "raw" (the S3 API alone), "local" (the client alone, no S3)
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -399,7 +399,25 @@ class S5cmd(Target):
         return f"--numworkers {self.ctx.concurrency} cp {' '.join(self.cp_args())}"
 
 
+class OrasLocal(Target):
+    """oras with its layout on local disk, no S3 and no filesystem in between: the client's own
+    time and CPU, and the pass `oras push` makes over its files (read and sha256) before it
+    writes a byte, which bounds every filesystem's push from below (bench/README.md)."""
+
+    name = "oras-local"
+    kind = "local"
+
+    def missing(self):
+        return None if tool("oras") else "oras missing (.tools/bin/oras: run scripts/setup.sh)"
+
+    def version(self):
+        return _first_line([tool("oras") or "oras", "version"])
+
+    def flags(self):
+        return f"--oci-layout on {self.ctx.workdir}"
+
+
 ALL = {"ocifs": Ocifs, "s3fs": S3fs, "rclone": Rclone, "goofys": Goofys, "geesefs": Geesefs, "raw": Raw, "s5cmd": S5cmd,
-       "geesefs-sync": GeesefsSync}
+       "oras-local": OrasLocal, "geesefs-sync": GeesefsSync}
 FUSE = ("ocifs", "s3fs", "rclone", "goofys", "geesefs", "geesefs-sync")
-DEFAULT = ("ocifs", "s3fs", "rclone", "goofys", "geesefs", "raw", "s5cmd")  # what `bench run` runs unless told
+DEFAULT = ("ocifs", "s3fs", "rclone", "goofys", "geesefs", "raw", "s5cmd", "oras-local")  # what `bench run` runs unless told

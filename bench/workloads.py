@@ -21,7 +21,7 @@ from typing import Callable
 from bench import raw
 from bench.common import (
     MiB, children_cpu_seconds, drop_caches, log, metrics_delta, peak_rss_bytes, proc_cpu_seconds,
-    self_cpu_seconds, tool,
+    self_cpu_seconds, tool, warm_files,
 )
 from bench.data import Pattern, sha256_file
 from bench.targets import Target
@@ -104,16 +104,29 @@ class Cmd:
     stdout: str
     stderr: str
     seconds: float
+    first_entry_seconds: float | None = None  # see run_cmd's ``watch``
 
 
-def run_cmd(argv: list[str], *, cwd=None, env=None, timeout: float = 3600) -> Cmd:
-    """Run a client command; its CPU shows up in the Meter through children_cpu_seconds."""
+def run_cmd(argv: list[str], *, cwd=None, env=None, timeout: float = 3600, watch: Path | None = None) -> Cmd:
+    """Run a client command; its CPU shows up in the Meter through children_cpu_seconds.
+
+    ``watch``: a directory to poll (every 2 ms, until something appears in it) for when the
+    command wrote its first file there: for `oras push`, the end of the pass that reads and
+    hashes every file before it writes a byte."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                              stdout=out, stderr=err, start_new_session=True)
+        first = None
         try:
-            p.wait(timeout=timeout)
+            while watch is not None and first is None and p.poll() is None:
+                if _has_entry(watch):
+                    first = time.perf_counter() - t0
+                elif time.perf_counter() - t0 > timeout:
+                    raise subprocess.TimeoutExpired(argv, timeout)
+                else:
+                    time.sleep(0.002)
+            p.wait(timeout=max(0.0, timeout - (time.perf_counter() - t0)))
         except subprocess.TimeoutExpired:
             _kill_group(p)
             raise StepFailed(f"{Path(argv[0]).name} timed out after {timeout:.0f} s")
@@ -123,7 +136,15 @@ def run_cmd(argv: list[str], *, cwd=None, env=None, timeout: float = 3600) -> Cm
         dt = time.perf_counter() - t0
         out.seek(0)
         err.seek(0)
-        return Cmd(p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), dt)
+        return Cmd(p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), dt, first)
+
+
+def _has_entry(d: Path) -> bool:
+    try:
+        with os.scandir(d) as it:
+            return next(it, None) is not None
+    except FileNotFoundError:
+        return False
 
 
 def _kill_group(p: subprocess.Popen) -> None:
@@ -149,11 +170,11 @@ def oras_env(env: Env) -> dict:
     return e
 
 
-def oras(env: Env, *args, cwd=None, timeout: float = 3600) -> Cmd:
+def oras(env: Env, *args, cwd=None, timeout: float = 3600, watch: Path | None = None) -> Cmd:
     exe = tool("oras")
     if exe is None:
         raise StepFailed("oras not found in .tools/bin: run scripts/setup.sh")
-    return run_cmd([exe, *args], cwd=cwd, env=oras_env(env), timeout=timeout)
+    return run_cmd([exe, *args], cwd=cwd, env=oras_env(env), timeout=timeout, watch=watch)
 
 
 def wait_keys(env: Env, meter: Meter, prefix: str, expected: dict[str, int], timeout: float = 900) -> float:
@@ -275,8 +296,11 @@ def blob_unit(env: Env, target: Target, case: BlobCase, rep: int, want: set[str]
     size = case.size
     recs: list[dict] = []
     try:
+        warm_files(p for _, p, _, _ in blobs)
         if target.kind == "fuse":
             recs += _blob_fuse(env, target, case, rep, blobs, repo, expected, want)
+        elif target.kind == "local":
+            recs += _blob_local(env, target, case, rep, blobs, repo, want)
         elif target.name == "raw":
             recs += _blob_raw(env, target, case, rep, blobs, repo, want)
         else:
@@ -322,6 +346,44 @@ def _blob_fuse(env, target, case, rep, blobs, repo, expected, want):
         shutil.rmtree(out, ignore_errors=True)
         recs.append(record(env, kind, case.name, case.size, target, rep, res, case.total, blobs=case.count,
                            digests_checked=True))
+    return recs
+
+
+def _blob_local(env, target, case, rep, blobs, repo, want):
+    """oras alone, on a layout on the bench's local disk: what the client itself costs, and
+    how long `oras push` reads and hashes its files before it writes a byte (no filesystem
+    can upload anything sooner: the push's floor is that pass plus the raw upload)."""
+    recs = []
+    layout = env.workdir / "local" / repo
+    shutil.rmtree(layout, ignore_errors=True)
+    layout.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        files = [f"{name}:{BLOB_MEDIA}" for name, *_ in blobs]
+        m = Meter(env, None)
+        c = checked(oras(env, "push", "--oci-layout", f"{layout}:v1", *files, cwd=blobs[0][1].parent,
+                         watch=layout / "ingest"), "oras push")
+        res = m.stop()
+        if c.first_entry_seconds is None:
+            raise StepFailed("oras push wrote no file under ingest/ (has oras changed how it pushes?)")
+        recs.append(record(env, "push", case.name, case.size, target, rep, res, case.total, blobs=case.count,
+                           prepass_seconds=round(c.first_entry_seconds, 3), note="local disk, no S3"))
+        for kind in ("pull-cold", "pull-warm"):
+            if kind not in want:
+                continue
+            out = env.workdir / "out" / f"{repo}-{kind}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            if kind == "pull-cold":
+                drop_caches()
+            m = Meter(env, None)
+            checked(oras(env, "pull", "--oci-layout", f"{layout}:v1", "-o", str(out)), f"oras pull ({kind})")
+            res = m.stop()
+            verify_pulled(out, blobs)
+            shutil.rmtree(out, ignore_errors=True)
+            recs.append(record(env, kind, case.name, case.size, target, rep, res, case.total, blobs=case.count,
+                               digests_checked=True, note="local disk, no S3"))
+    finally:
+        shutil.rmtree(layout, ignore_errors=True)
     return recs
 
 
