@@ -317,6 +317,16 @@ def blob_unit(env: Env, target: Target, case: BlobCase, rep: int, want: set[str]
     return recs
 
 
+def _pull_dir(env: Env, repo: str, kind: str) -> Path:
+    """An empty directory for a pull's files; for a cold pull the page cache is dropped too."""
+    out = env.workdir / "out" / f"{repo}-{kind}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if kind == "pull-cold":
+        drop_caches()
+    return out
+
+
 def _blob_fuse(env, target, case, rep, blobs, repo, expected, want):
     recs = []
     mnt = target.mount()
@@ -334,11 +344,7 @@ def _blob_fuse(env, target, case, rep, blobs, repo, expected, want):
         return recs
     mnt = target.mount()
     for kind in ("pull-cold", "pull-warm"):
-        out = env.workdir / "out" / f"{repo}-{kind}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        if kind == "pull-cold":
-            drop_caches()
+        out = _pull_dir(env, repo, kind)
         m = Meter(env, target.pid)
         checked(oras(env, "pull", "--oci-layout", f"{mnt}/{repo}:v1", "-o", str(out)), f"oras pull ({kind})")
         res = m.stop()
@@ -370,11 +376,7 @@ def _blob_local(env, target, case, rep, blobs, repo, want):
         for kind in ("pull-cold", "pull-warm"):
             if kind not in want:
                 continue
-            out = env.workdir / "out" / f"{repo}-{kind}"
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-            if kind == "pull-cold":
-                drop_caches()
+            out = _pull_dir(env, repo, kind)
             m = Meter(env, None)
             checked(oras(env, "pull", "--oci-layout", f"{layout}:v1", "-o", str(out)), f"oras pull ({kind})")
             res = m.stop()
@@ -411,11 +413,7 @@ def _blob_raw(env, target, case, rep, blobs, repo, want):
     for kind in ("pull-cold", "pull-warm"):
         if kind not in want:
             continue
-        out = env.workdir / "out" / f"{repo}-{kind}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        if kind == "pull-cold":
-            drop_caches()
+        out = _pull_dir(env, repo, kind)
         m = Meter(env, None)
         t = raw.download_files(env.endpoint, env.bucket, [(f"{repo}/blobs/sha256/{d}", str(out / n)) for n, _, d, _ in blobs],
                                part, conc)
@@ -444,11 +442,7 @@ def _blob_s5cmd(env, target, case, rep, blobs, repo, want):
     for kind in ("pull-cold", "pull-warm"):
         if kind not in want:
             continue
-        out = env.workdir / "out" / f"{repo}-{kind}"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        if kind == "pull-cold":
-            drop_caches()
+        out = _pull_dir(env, repo, kind)
         m = Meter(env, None)
         s5cmd_run(env, target, [f"cp {cp} s3://{env.bucket}/{repo}/blobs/sha256/{d} {out / n}" for n, _, d, _ in blobs])
         res = m.stop()
