@@ -22,8 +22,13 @@ RAW = ("raw", "s5cmd")
 WORKLOADS = ("push", "pull-cold", "pull-warm")
 
 
+def _blob_count(s: dict) -> int:
+    """Blobs in a summary row's case: "64MiBx8" -> 8, "64MiB" -> 1."""
+    return int(s["case"].split("x")[1]) if "x" in s["case"] else 1
+
+
 def _case_key(s: dict) -> tuple[int, int]:
-    count = int(s["case"].split("x")[1]) if "x" in s["case"] else 1
+    count = _blob_count(s)
     return (count > 1, s["size_bytes"] * count)
 
 
@@ -98,9 +103,9 @@ def push_floor(by: dict, case: str, latency: float = 0.0) -> float | None:
     whose close means "in S3" then adds one response ``latency`` per serial small close."""
     local = by.get(("push", case, "oras-local"))
     raws = [by[("push", case, t)] for t in RAW if ("push", case, t) in by and by[("push", case, t)].get("median_seconds")]
-    if not local or local.get("median_prepass_seconds") is None or not raws or not local.get("median_mibps"):
+    if not local or local.get("median_prepass_seconds") is None or not raws:
         return None
-    total_mib = local["median_mibps"] * local["median_seconds"]
+    total_mib = local["size_bytes"] * _blob_count(local) / MiB
     seconds = local["median_prepass_seconds"] + min(r["median_seconds"] for r in raws) + SERIAL_CLOSES * latency
     return total_mib / seconds
 
@@ -124,7 +129,7 @@ def cpu_per_gib(summary: list[dict], targets: list[str]) -> dict[tuple[str, str]
     for s in summary:
         if s["workload"] not in WORKLOADS or not s.get("n_ok"):
             continue
-        count = int(s["case"].split("x")[1]) if "x" in s["case"] else 1
+        count = _blob_count(s)
         if s["size_bytes"] * count < 64 * MiB:
             continue
         gib = s["size_bytes"] * count / (1024 * MiB)

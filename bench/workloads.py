@@ -344,15 +344,21 @@ def _blob_fuse(env, target, case, rep, blobs, repo, expected, want):
         return recs
     mnt = target.mount()
     for kind in ("pull-cold", "pull-warm"):
-        out = _pull_dir(env, repo, kind)
-        m = Meter(env, target.pid)
-        checked(oras(env, "pull", "--oci-layout", f"{mnt}/{repo}:v1", "-o", str(out)), f"oras pull ({kind})")
-        res = m.stop()
-        verify_pulled(out, blobs)
-        shutil.rmtree(out, ignore_errors=True)
-        recs.append(record(env, kind, case.name, case.size, target, rep, res, case.total, blobs=case.count,
-                           digests_checked=True))
+        recs.append(_oras_pull(env, target, case, rep, blobs, repo, f"{mnt}/{repo}:v1", kind, target.pid))
     return recs
+
+
+def _oras_pull(env, target, case, rep, blobs, repo, ref: str, kind: str, pid: int | None, **extra) -> dict:
+    """``oras pull --oci-layout ref`` into an empty directory (page cache dropped for a cold
+    pull), the files checked against the pushed digests; the run's record."""
+    out = _pull_dir(env, repo, kind)
+    m = Meter(env, pid)
+    checked(oras(env, "pull", "--oci-layout", ref, "-o", str(out)), f"oras pull ({kind})")
+    res = m.stop()
+    verify_pulled(out, blobs)
+    shutil.rmtree(out, ignore_errors=True)
+    return record(env, kind, case.name, case.size, target, rep, res, case.total, blobs=case.count,
+                  digests_checked=True, **extra)
 
 
 def _blob_local(env, target, case, rep, blobs, repo, want):
@@ -374,16 +380,9 @@ def _blob_local(env, target, case, rep, blobs, repo, want):
         recs.append(record(env, "push", case.name, case.size, target, rep, res, case.total, blobs=case.count,
                            prepass_seconds=round(c.first_entry_seconds, 3), note="local disk, no S3"))
         for kind in ("pull-cold", "pull-warm"):
-            if kind not in want:
-                continue
-            out = _pull_dir(env, repo, kind)
-            m = Meter(env, None)
-            checked(oras(env, "pull", "--oci-layout", f"{layout}:v1", "-o", str(out)), f"oras pull ({kind})")
-            res = m.stop()
-            verify_pulled(out, blobs)
-            shutil.rmtree(out, ignore_errors=True)
-            recs.append(record(env, kind, case.name, case.size, target, rep, res, case.total, blobs=case.count,
-                               digests_checked=True, note="local disk, no S3"))
+            if kind in want:
+                recs.append(_oras_pull(env, target, case, rep, blobs, repo, f"{layout}:v1", kind, None,
+                                       note="local disk, no S3"))
     finally:
         shutil.rmtree(layout, ignore_errors=True)
     return recs

@@ -8,11 +8,12 @@ import sys
 import pytest
 
 from bench import perfreport, workloads
+from bench.common import MiB
 
 
 def _s(target: str, mibps: float, seconds: float, **extra) -> dict:
-    return {"workload": "push", "case": "1GiB", "target": target, "median_mibps": mibps,
-            "median_seconds": seconds, **extra}
+    return {"workload": "push", "case": "1GiB", "size_bytes": 1024 * MiB, "target": target,
+            "median_mibps": mibps, "median_seconds": seconds, **extra}
 
 
 def test_the_push_floor_is_the_prepass_then_the_faster_raw_upload() -> None:
@@ -70,8 +71,13 @@ def test_run_cmd_without_an_entry_reports_none(tmp_path) -> None:
     assert c.returncode == 0 and c.first_entry_seconds is None
 
 
-def test_the_floor_moves_the_bytes_the_local_push_moved() -> None:
-    # MiB moved (oras-local's MiB/s x seconds) over prepass + raw seconds
-    by = {("push", "x", "oras-local"): {"median_mibps": 64.0, "median_seconds": 1.0, "median_prepass_seconds": 0.5},
-          ("push", "x", "raw"): {"median_mibps": 128.0, "median_seconds": 0.5}}
-    assert perfreport.push_floor(by, "x") == pytest.approx(64.0)
+def test_the_floor_moves_the_bytes_of_the_case() -> None:
+    # the case's bytes (blob size x count) over prepass + raw seconds
+    by = {("push", "64MiB", "oras-local"): {"case": "64MiB", "size_bytes": 64 * MiB, "median_mibps": 64.0,
+                                            "median_seconds": 1.0, "median_prepass_seconds": 0.5},
+          ("push", "64MiB", "raw"): {"median_mibps": 128.0, "median_seconds": 0.5}}
+    assert perfreport.push_floor(by, "64MiB") == pytest.approx(64.0)
+    by = {("push", "16MiBx8", "oras-local"): {"case": "16MiBx8", "size_bytes": 16 * MiB, "median_mibps": 64.0,
+                                              "median_seconds": 2.0, "median_prepass_seconds": 0.5},
+          ("push", "16MiBx8", "raw"): {"median_mibps": 128.0, "median_seconds": 1.5}}
+    assert perfreport.push_floor(by, "16MiBx8") == pytest.approx(128 / 2.0)
